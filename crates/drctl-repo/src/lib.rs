@@ -1,0 +1,1 @@
+//! drctl backup repository.
