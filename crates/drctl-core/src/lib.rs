@@ -7,6 +7,7 @@ pub mod compose;
 pub mod config;
 pub mod diag;
 pub mod duration;
+pub mod exec;
 pub mod plan;
 pub mod runbook;
 pub mod schema;
