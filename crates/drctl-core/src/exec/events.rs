@@ -65,6 +65,8 @@ pub enum EventKind {
     },
     StepFinished {
         id: String,
+        #[serde(default)]
+        kind: String,
         status: StepStatus,
         duration_ms: u64,
         attempts: u32,

@@ -337,6 +337,7 @@ impl Executor {
             if st != State::Pending {
                 let _ = self.emitter.emit(EventKind::StepFinished {
                     id: s.id.clone(),
+                    kind: s.kind.to_string(),
                     status: StepStatus::Done,
                     duration_ms: 0,
                     attempts: 0,
@@ -384,11 +385,13 @@ impl Executor {
             let next = tokio::select! {
                 n = running.next() => n,
                 _ = &mut cancel => {
-                    let ids: Vec<String> = steps.iter().filter(|s| state[s.id.as_str()] == State::Running).map(|s| s.id.clone()).collect();
+                    let cut: Vec<&PlannedStep> = steps.iter().filter(|s| state[s.id.as_str()] == State::Running).copied().collect();
+                    let ids: Vec<String> = cut.iter().map(|s| s.id.clone()).collect();
                     drop(running);
-                    for id in &ids {
+                    for s in &cut {
                         let _ = self.emitter.emit(EventKind::StepFinished {
-                            id: id.clone(),
+                            id: s.id.clone(),
+                            kind: s.kind.to_string(),
                             status: StepStatus::Interrupted,
                             duration_ms: 0,
                             attempts: 0,
@@ -432,6 +435,7 @@ impl Executor {
             if state[s.id.as_str()] == State::Pending {
                 let _ = self.emitter.emit(EventKind::StepFinished {
                     id: s.id.clone(),
+                    kind: s.kind.to_string(),
                     status: StepStatus::Skipped,
                     duration_ms: 0,
                     attempts: 0,
@@ -515,6 +519,7 @@ impl Executor {
                 }
                 let _ = self.emitter.emit(EventKind::StepFinished {
                     id: s.id.clone(),
+                    kind: s.kind.to_string(),
                     status: StepStatus::Ok,
                     duration_ms: duration,
                     attempts: attempt,
@@ -538,6 +543,7 @@ impl Executor {
                 };
                 let _ = self.emitter.emit(EventKind::StepFinished {
                     id: s.id.clone(),
+                    kind: s.kind.to_string(),
                     status: StepStatus::Failed,
                     duration_ms: duration,
                     attempts: attempt,

@@ -109,6 +109,7 @@ impl RunReport {
                 }
                 EventKind::StepFinished {
                     id,
+                    kind: finished_kind,
                     status: st,
                     duration_ms,
                     attempts: a,
@@ -122,7 +123,7 @@ impl RunReport {
                     }
                     let (started_at, kind, summary) = match starts.get(id) {
                         Some((t, k, s)) => (Some(*t), k.clone(), s.clone()),
-                        None => (None, String::new(), String::new()),
+                        None => (None, finished_kind.clone(), String::new()),
                     };
                     if let Some(set) = output.get("set_id").and_then(|v| v.as_str()) {
                         if !backup_sets.iter().any(|b| b == set) {
