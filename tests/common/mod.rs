@@ -67,3 +67,135 @@ pub fn skipped(suite: &str, reason: &str) {
         }
     }
 }
+
+/// Whether a Docker daemon answers. Docker tests run for real in scripts/test.sh
+/// (DRCTL_LAB=1: a missing daemon fails them); elsewhere they are skipped and say so.
+pub fn need_docker(test: &str) -> bool {
+    if Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(
+        std::env::var_os("DRCTL_LAB").is_none(),
+        "DRCTL_LAB is set but no Docker daemon answers"
+    );
+    skipped(test, "no Docker daemon answers (run scripts/test.sh)");
+    false
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private copy of the lab stack: its own compose project, volumes, network and ports,
+/// with a drctl.yml and state folder in a temporary folder. Taken down (with volumes) on drop.
+pub struct Stack {
+    pub project: String,
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Stack {
+    pub fn new(name: &str) -> Stack {
+        let project = format!("drctl-test-{name}-{}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("DRCTL_LAB_APP_PORT".to_string(), free_port().to_string()),
+            ("DRCTL_LAB_PG_PORT".to_string(), free_port().to_string()),
+            ("DRCTL_LAB_REDIS_PORT".to_string(), free_port().to_string()),
+            ("DRCTL_LAB_QDRANT_PORT".to_string(), free_port().to_string()),
+        ];
+        let compose = root().join("compose/lab.yml");
+        let cfg = format!(
+            "version: 1\nstack:\n  project: {project}\n  compose_files: [{}]\nrepository:\n  url: repo\nstate_dir: state\nruns_placeholder: 0\n",
+            compose.display()
+        )
+        .replace("runs_placeholder: 0\n", "");
+        std::fs::write(dir.path().join("drctl.yml"), cfg).unwrap();
+        let s = Stack { project, dir, env };
+        s.compose(&["down", "-v", "--remove-orphans"]);
+        s
+    }
+
+    pub fn config(&self) -> String {
+        self.dir.path().join("drctl.yml").display().to_string()
+    }
+
+    pub fn runbook(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(format!("{name}.yml"));
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// `drctl --config <this stack> ARGS` with the stack's ports in the environment.
+    pub fn drctl(&self, args: &[&str]) -> Command {
+        let mut c = drctl(&["--config", &self.config()]);
+        c.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    pub fn compose(&self, args: &[&str]) -> std::process::Output {
+        let program =
+            std::env::var("DRCTL_LAB_COMPOSE").unwrap_or_else(|_| "docker-compose".into());
+        let mut parts = program.split_whitespace();
+        let mut c = Command::new(parts.next().unwrap());
+        c.args(parts)
+            .args([
+                "-p",
+                &self.project,
+                "-f",
+                root().join("compose/lab.yml").to_str().unwrap(),
+            ])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c.output().unwrap()
+    }
+
+    /// Container id of a service ("" when none).
+    pub fn container_id(&self, service: &str) -> String {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                &format!("label=com.docker.compose.service={service}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn port(&self, var: &str) -> String {
+        self.env.iter().find(|(k, _)| k == var).unwrap().1.clone()
+    }
+
+    pub fn events(&self, run_id: &str) -> Vec<serde_json::Value> {
+        let p = self
+            .dir
+            .path()
+            .join("state/runs")
+            .join(run_id)
+            .join("journal.jsonl");
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
+    }
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod exec;
+pub mod fingerprint;
 pub mod plan;
 pub mod runbook;
 pub mod schema;

@@ -30,6 +30,15 @@ impl Loaded {
         self.config.as_ref().map(|c| c.runbooks_dir())
     }
 
+    pub fn require_config(&self) -> Result<&Config, CliError> {
+        self.require_valid()?;
+        self.config.as_ref().ok_or_else(|| {
+            CliError::Usage(
+                "no drctl.yml found in this folder or its parents; pass --config FILE or set DRCTL_CONFIG".into(),
+            )
+        })
+    }
+
     /// Fail when drctl.yml or its compose files are broken.
     pub fn require_valid(&self) -> Result<(), CliError> {
         if self.diags.is_empty() {

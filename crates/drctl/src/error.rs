@@ -13,6 +13,10 @@ pub mod code {
     /// Something drctl needs is unreachable or missing: the Docker daemon, the repository,
     /// credentials, a compose CLI.
     pub const UNAVAILABLE: i32 = 3;
+    /// Another run holds the stack.
+    pub const LOCKED: i32 = 4;
+    /// The operator interrupted the run; `drctl resume` continues it.
+    pub const INTERRUPTED: i32 = 130;
 }
 
 #[derive(Debug)]
@@ -25,6 +29,10 @@ pub enum CliError {
     Unavailable(String),
     /// The work itself failed (already reported in detail).
     Failed(String),
+    /// Another run holds the stack's lock.
+    Locked(String),
+    /// Interrupted by a signal; resumable.
+    Interrupted(String),
 }
 
 impl CliError {
@@ -33,6 +41,8 @@ impl CliError {
             CliError::Invalid(_) | CliError::Usage(_) => code::INVALID,
             CliError::Unavailable(_) => code::UNAVAILABLE,
             CliError::Failed(_) => code::FAILED,
+            CliError::Locked(_) => code::LOCKED,
+            CliError::Interrupted(_) => code::INTERRUPTED,
         }
     }
 }
@@ -41,7 +51,11 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Invalid(d) => write!(f, "{d}"),
-            CliError::Usage(m) | CliError::Unavailable(m) | CliError::Failed(m) => f.write_str(m),
+            CliError::Usage(m)
+            | CliError::Unavailable(m)
+            | CliError::Failed(m)
+            | CliError::Locked(m)
+            | CliError::Interrupted(m) => f.write_str(m),
         }
     }
 }

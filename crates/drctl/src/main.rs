@@ -1,9 +1,16 @@
 //! drctl: a disaster-recovery controller for Docker and docker-compose stacks.
 
+mod backups;
 mod context;
+mod data;
 mod doctor;
 mod error;
+mod notify;
 mod plan;
+mod render;
+mod run;
+mod runner;
+mod status;
 mod validate;
 
 use std::path::PathBuf;
@@ -57,10 +64,81 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Execute a runbook: journal every step, print the report.
+    Run {
+        /// A runbook file, or a name in the runbooks folder.
+        runbook: String,
+        /// Answer `confirm` steps with yes.
+        #[arg(long, short)]
+        yes: bool,
+        /// Events as JSON lines on stdout, then the report as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue an interrupted or failed run from its journal (finished steps are not redone).
+    Resume {
+        run_id: String,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Containers and health of the stack's services, and the last run.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The report of a run (default: the newest).
+    Report {
+        run_id: Option<String>,
+        #[arg(long, value_parser = ["md", "json"], default_value = "md")]
+        format: String,
+    },
+    /// Take a backup set of every target now.
+    Backup {
+        /// Tag the set (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The backup repository: list, show, verify and prune sets.
+    Backups {
+        #[command(subcommand)]
+        action: BackupsCmd,
+    },
     /// Print the JSON Schema of runbooks or of drctl.yml.
     Schema {
         #[arg(value_enum, default_value = "runbook")]
         which: SchemaKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupsCmd {
+    /// Every set, complete or not, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A set's manifest.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download and check every object of a set (nothing is restored).
+    Verify {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what the retention policy does not keep (never the newest complete set).
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,6 +181,23 @@ fn run(cli: Cli) -> Result<(), CliError> {
             offline,
         } => runtime()?.block_on(plan::run(config, &runbook, json, offline)),
         Command::Doctor { json } => runtime()?.block_on(doctor::run(config, json)),
+        Command::Run { runbook, yes, json } => {
+            runtime()?.block_on(run::run(config, &runbook, run::RunArgs { yes, json }))
+        }
+        Command::Resume { run_id, yes, json } => {
+            runtime()?.block_on(run::resume(config, &run_id, run::RunArgs { yes, json }))
+        }
+        Command::Status { json } => runtime()?.block_on(status::run(config, json)),
+        Command::Report { run_id, format } => run::report(config, run_id.as_deref(), &format),
+        Command::Backup { tags, json } => runtime()?.block_on(backups::backup(config, tags, json)),
+        Command::Backups { action } => runtime()?.block_on(async {
+            match action {
+                BackupsCmd::List { json } => backups::list(config, json).await,
+                BackupsCmd::Show { id, json } => backups::show(config, &id, json).await,
+                BackupsCmd::Verify { id, json } => backups::verify(config, &id, json).await,
+                BackupsCmd::Prune { dry_run, json } => backups::prune(config, dry_run, json).await,
+            }
+        }),
         Command::Schema { which } => {
             let schema = match which {
                 SchemaKind::Runbook => drctl_core::schema::runbook_schema(),

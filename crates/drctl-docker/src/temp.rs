@@ -1,0 +1,146 @@
+//! Temporary containers that drctl creates for its own work (volume access) and removes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+
+use crate::{DockerClient, DockerError, TEMP_LABEL};
+
+/// Where temporary containers mount the volume they work on.
+pub(crate) const VOLUME_MOUNT: &str = "/drctl-volume";
+
+/// A container that is removed when done with: by [`TempContainer::remove`], or in the
+/// background when dropped (an error path, a cancelled step).
+pub(crate) struct TempContainer {
+    client: DockerClient,
+    pub name: String,
+    removed: bool,
+}
+
+fn unique_name(purpose: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "drctl-temp-{purpose}-{}-{:x}{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A body for a container that mounts `volume` read-write at [`VOLUME_MOUNT`], runs as
+/// root without network, and runs `cmd` through `sh -c` (or is never meant to start).
+pub(crate) fn volume_body(image: &str, volume: &str, script: Option<&str>) -> ContainerCreateBody {
+    let (entrypoint, cmd) = match script {
+        Some(s) => (
+            vec!["sh".to_string()],
+            vec!["-c".to_string(), s.to_string()],
+        ),
+        // Never started: the archive API works on created containers. A path that does
+        // not exist makes an accidental start fail instead of running the image.
+        None => (vec!["/drctl-never-runs".to_string()], vec![]),
+    };
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
+        user: Some("0:0".to_string()),
+        working_dir: Some("/".to_string()),
+        labels: Some(HashMap::from([
+            (TEMP_LABEL.to_string(), "1".to_string()),
+            ("org.drctl.volume".to_string(), volume.to_string()),
+        ])),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".to_string()),
+            mounts: Some(vec![Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(volume.to_string()),
+                target: Some(VOLUME_MOUNT.to_string()),
+                read_only: Some(false),
+                // Never copy image content into the volume we are about to read or fill.
+                volume_options: Some(MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl TempContainer {
+    pub async fn create(
+        client: &DockerClient,
+        purpose: &str,
+        body: ContainerCreateBody,
+    ) -> Result<Self, DockerError> {
+        let name = unique_name(purpose);
+        let image = body.image.clone().unwrap_or_default();
+        client
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(client.api_err(format!(
+                "create a temporary container from image `{image}` ({purpose})"
+            )))?;
+        tracing::debug!(name, image, "temporary container created");
+        Ok(TempContainer {
+            client: client.clone(),
+            name,
+            removed: false,
+        })
+    }
+
+    pub async fn remove(mut self) -> Result<(), DockerError> {
+        self.removed = true;
+        remove(&self.client, &self.name).await
+    }
+}
+
+async fn remove(client: &DockerClient, name: &str) -> Result<(), DockerError> {
+    // `v`: anonymous volumes of the image's VOLUME declarations go too; named ones never do.
+    let opts = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match client.docker.remove_container(name, Some(opts)).await {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(client.api_err(format!(
+            "remove temporary container `{name}`; remove it by hand: docker rm -f {name}"
+        ))(e)),
+    }
+}
+
+impl Drop for TempContainer {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let (client, name) = (self.client.clone(), self.name.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = remove(&client, &name).await {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                "temporary container `{name}` left behind; remove it: docker rm -f {name}"
+            ),
+        }
+    }
+}

@@ -1,0 +1,860 @@
+//! Volume snapshot and restore through the Docker archive API, without a helper image.
+//!
+//! Snapshot: `GET /containers/{c}/archive?path=DIR/.` from a container that mounts the
+//! volume (stopped is fine: the daemon mounts its volumes for the copy), or from a
+//! temporary, never-started container created from an image already on this host. The
+//! stream holds the volume's contents relative to its root (`./`, `./a`, ...), root entry
+//! included, so the root's owner and mode travel too.
+//!
+//! Restore: empty the volume, then `PUT /containers/{c}/archive?path=/` with the entries
+//! renamed under the temporary container's mount point (`drctl-volume/...`). Extracting at
+//! the mount point's parent is what makes the daemon apply the root entry's owner and mode
+//! to the volume's root; extracting into the mount point itself skips the root entry
+//! (checked against Docker 20.10). `copyUIDGID` stays off: with it the daemon would chown
+//! every file to the container's user; without it, each entry keeps the owner recorded in
+//! the archive (the daemon runs as root).
+//!
+//! Findings (Docker 20.10): owners, modes (setgid included), symlinks (dangling too), hard
+//! links, empty directories and file contents survive byte for byte. Sparseness does not:
+//! the daemon's tar writer stores holes as zeros and its extractor writes them out, so a
+//! 1 GiB sparse file comes back with the same content but fully allocated.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, ListImagesOptions, LogsOptionsBuilder,
+    RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::spec::VolumeSpec;
+use crate::tarstream::{check_first_block, relative_to_root, under_dir, TarRenamer};
+use crate::temp::{volume_body, TempContainer, VOLUME_MOUNT};
+use crate::{DockerClient, DockerError, StoppedGuard, TEMP_LABEL};
+
+/// Options of [`DockerClient::snapshot_volume`].
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Stop the running containers that use the volume for the snapshot (a consistent copy)
+    /// and start them again afterwards, on failure too.
+    pub stop_users: bool,
+    /// Grace period for those stops.
+    pub grace: Duration,
+    /// An image on this host for the temporary container used when no container mounts
+    /// the volume (e.g. the image of a compose service that uses it). Without it, the image
+    /// of any container using the volume, else any local image, is used: the container is
+    /// never started, so any image does.
+    pub image: Option<String>,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            stop_users: false,
+            grace: Duration::from_secs(30),
+            image: None,
+        }
+    }
+}
+
+/// Options of [`DockerClient::restore_volume`].
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Stop the running containers that use the volume (and start them again afterwards).
+    /// When false, a running user makes the restore fail: emptying a live database's volume
+    /// under it is never what an operator wants. Default true.
+    pub stop_users: bool,
+    pub grace: Duration,
+    /// An image with `sh` and `rm` to empty the volume with; tried before the images of the
+    /// containers that use the volume.
+    pub image: Option<String>,
+    /// How to create the volume when it does not exist (driver, options, compose labels).
+    /// Without it a missing volume is created as a plain local volume.
+    pub create: Option<VolumeSpec>,
+    /// Request timeout of the upload: the daemon answers only once it has extracted all of
+    /// it, so this bounds the whole transfer. Default 24 h (the step's timeout governs).
+    pub upload_timeout: Duration,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            stop_users: true,
+            grace: Duration::from_secs(30),
+            image: None,
+            create: None,
+            upload_timeout: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    pub volume: String,
+    /// Size of the tar stream.
+    pub bytes: u64,
+    pub entries: u64,
+    /// Sum of the regular files' sizes.
+    pub file_bytes: u64,
+    /// The container read from (a temporary one is named `drctl-temp-...`).
+    pub source: String,
+    /// Containers stopped for the snapshot and started again.
+    pub stopped: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub volume: String,
+    pub bytes: u64,
+    pub entries: u64,
+    pub file_bytes: u64,
+    /// How the volume was emptied: `container from image …` or `volume recreated`.
+    pub emptied_by: String,
+    pub stopped: Vec<String>,
+    pub seconds: f64,
+}
+
+/// A container that mounts a volume.
+#[derive(Debug, Clone)]
+pub struct VolumeUser {
+    pub id: String,
+    pub name: String,
+    pub image_id: String,
+    pub running: bool,
+    /// Where the volume is mounted in it.
+    pub destination: String,
+    pub read_only: bool,
+    /// Another mount lies below the destination: an archive of it would include that too.
+    pub nested: bool,
+}
+
+/// Empties the volume's root, hidden files included, and checks that nothing is left.
+const EMPTY_SCRIPT: &str = "set -e; cd /drctl-volume; rm -rf -- ./..?* ./.[!.]* ./*; \
+     left=$(ls -A); if [ -n \"$left\" ]; then echo \"left after emptying: $left\" >&2; exit 1; fi";
+
+fn io_err(action: String) -> impl FnOnce(std::io::Error) -> DockerError {
+    move |e| DockerError::Io { action, source: e }
+}
+
+impl DockerClient {
+    /// The containers (any state; drctl's temporary ones excluded) that mount a volume.
+    pub async fn volume_users(&self, volume: &str) -> Result<Vec<VolumeUser>, DockerError> {
+        let list = self
+            .list_raw(
+                HashMap::from([("volume".to_string(), vec![volume.to_string()])]),
+                &format!("list the containers that use volume `{volume}`"),
+            )
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter(|c| {
+                !c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(TEMP_LABEL))
+            })
+            .filter_map(|c| user_of(volume, c))
+            .collect())
+    }
+
+    /// Remove a volume; refused while a container (even a stopped one) uses it. A volume
+    /// that does not exist is not an error.
+    pub async fn remove_volume(&self, volume: &str) -> Result<(), DockerError> {
+        let users = self.volume_users(volume).await?;
+        if !users.is_empty() {
+            return Err(DockerError::failed(
+                format!("remove volume `{volume}`"),
+                format!(
+                    "still used by container(s) {}; remove them first",
+                    names(&users)
+                ),
+            ));
+        }
+        match self
+            .docker
+            .remove_volume(volume, Some(RemoveVolumeOptionsBuilder::default().build()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.api_err(format!("remove volume `{volume}`"))(e)),
+        }
+    }
+
+    /// Stream a volume's contents as a tar (entries relative to its root) into `out`.
+    /// With `stop_users`, the containers using it are stopped for the copy and started
+    /// again afterwards, on failure too. The writer is flushed, not shut down.
+    pub async fn snapshot_volume(
+        &self,
+        volume: &str,
+        opts: &SnapshotOptions,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<SnapshotReport, DockerError> {
+        let t0 = Instant::now();
+        let action = format!("snapshot volume `{volume}`");
+        self.require_volume(volume, &action).await?;
+        let users = self.volume_users(volume).await?;
+        let guard = self.stop_users(&users, opts.stop_users, opts.grace).await?;
+        let stopped = guard
+            .as_ref()
+            .map(|g| g.stopped().to_vec())
+            .unwrap_or_default();
+        let result = self
+            .snapshot_inner(volume, &users, opts, out, &action)
+            .await;
+        let result = finish_guard(guard, result).await;
+        let (bytes, entries, file_bytes, source) = result?;
+        let report = SnapshotReport {
+            volume: volume.to_string(),
+            bytes,
+            entries,
+            file_bytes,
+            source,
+            stopped,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            volume,
+            bytes = report.bytes,
+            entries = report.entries,
+            seconds = report.seconds,
+            "volume snapshot done"
+        );
+        Ok(report)
+    }
+
+    /// [`DockerClient::snapshot_volume`] as a reader, for consumers that pull (an upload):
+    /// the snapshot runs in a task writing into a pipe. A failed snapshot ends the reader
+    /// with an error, never with a clean EOF, so a truncated archive cannot pass for a
+    /// whole one. [`SnapshotReader::finish`] gives the report.
+    pub fn snapshot_volume_reader(&self, volume: &str, opts: SnapshotOptions) -> SnapshotReader {
+        let (pipe, mut writer) = tokio::io::duplex(1 << 20);
+        let client = self.clone();
+        let volume = volume.to_string();
+        let task = tokio::spawn(async move {
+            let r = client.snapshot_volume(&volume, &opts, &mut writer).await;
+            let _ = writer.shutdown().await;
+            r
+        });
+        SnapshotReader {
+            pipe,
+            task: Some(task),
+            outcome: None,
+        }
+    }
+
+    async fn snapshot_inner(
+        &self,
+        volume: &str,
+        users: &[VolumeUser],
+        opts: &SnapshotOptions,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        action: &str,
+    ) -> Result<(u64, u64, u64, String), DockerError> {
+        // An existing container that mounts the whole volume with nothing mounted below.
+        let mut source = None;
+        for u in users.iter().filter(|u| !u.nested) {
+            if !self.mounts_subpath(&u.id, volume).await? {
+                source = Some((u.name.clone(), u.destination.clone()));
+                break;
+            }
+        }
+        let mut temp = None;
+        let (container, dir) = match source {
+            Some(s) => s,
+            None => {
+                let image = self.any_image(opts.image.as_deref(), users, action).await?;
+                let t = TempContainer::create(self, "snapshot", volume_body(&image, volume, None))
+                    .await?;
+                let name = t.name.clone();
+                temp = Some(t);
+                (name, VOLUME_MOUNT.to_string())
+            }
+        };
+        tracing::debug!(volume, container, dir, "reading volume");
+        let result = self.download(volume, &container, &dir, out, action).await;
+        // Removed here on every path (a drop would only schedule it, and a process that
+        // exits right after an error would leave it behind).
+        if let Some(t) = temp {
+            if let Err(e) = t.remove().await {
+                tracing::warn!("{e}");
+            }
+        }
+        let (bytes, entries, file_bytes) = result?;
+        Ok((bytes, entries, file_bytes, container))
+    }
+
+    /// Stream `DIR/.` of a container, renamed relative to the volume's root, into `out`.
+    async fn download(
+        &self,
+        volume: &str,
+        container: &str,
+        dir: &str,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        action: &str,
+    ) -> Result<(u64, u64, u64), DockerError> {
+        // `DIR/.` asks for the directory's contents: entries `./`, `./a`, ...
+        let dl = DownloadFromContainerOptionsBuilder::default()
+            .path(&format!("{}/.", dir.trim_end_matches('/')))
+            .build();
+        let base = dir
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let mut renamer = TarRenamer::new(relative_to_root(&base));
+        let mut stream = self.docker.download_from_container(container, Some(dl));
+        let mut bytes = 0u64;
+        let mut pieces = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(self.api_err(format!(
+                "read volume `{volume}` through container `{container}`"
+            )))?;
+            renamer
+                .push(chunk, &mut pieces)
+                .map_err(|e| DockerError::failed(action, e))?;
+            for p in pieces.drain(..) {
+                bytes += p.len() as u64;
+                out.write_all(&p)
+                    .await
+                    .map_err(io_err(format!("write the snapshot of volume `{volume}`")))?;
+            }
+        }
+        renamer
+            .finish()
+            .map_err(|e| DockerError::failed(action, e))?;
+        out.flush()
+            .await
+            .map_err(io_err(format!("write the snapshot of volume `{volume}`")))?;
+        Ok((bytes, renamer.entries, renamer.file_bytes))
+    }
+
+    /// Replace a volume's contents with a tar of it (entries relative to its root, as
+    /// [`DockerClient::snapshot_volume`] writes them). The volume is emptied first; a
+    /// missing volume is created. With `stop_users` (the default), the containers using it
+    /// are stopped for the restore and started again afterwards, on failure too.
+    pub async fn restore_volume(
+        &self,
+        volume: &str,
+        opts: &RestoreOptions,
+        input: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<RestoreReport, DockerError> {
+        let t0 = Instant::now();
+        let action = format!("restore volume `{volume}`");
+        // Look at the archive before emptying anything: a wrong file must not cost the
+        // volume its contents.
+        let mut first = vec![0u8; 512];
+        let mut n = 0;
+        while n < first.len() {
+            let k = input
+                .read(&mut first[n..])
+                .await
+                .map_err(io_err(format!("read the archive for volume `{volume}`")))?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        first.truncate(n);
+        check_first_block(&first).map_err(|e| {
+            DockerError::failed(&action, format!("{e}; the volume was not touched"))
+        })?;
+        let first = Bytes::from(first);
+        match self.docker.inspect_volume(volume).await {
+            Ok(_) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let spec = opts.create.clone().unwrap_or_else(|| {
+                    tracing::warn!(
+                        volume,
+                        "volume missing; creating a plain local volume (no labels recorded)"
+                    );
+                    VolumeSpec {
+                        name: volume.to_string(),
+                        driver: "local".into(),
+                        ..Default::default()
+                    }
+                });
+                self.create_volume(&VolumeSpec {
+                    name: volume.to_string(),
+                    ..spec
+                })
+                .await?;
+            }
+            Err(e) => return Err(self.api_err(format!("inspect volume `{volume}`"))(e)),
+        }
+        let users = self.volume_users(volume).await?;
+        let running: Vec<&VolumeUser> = users.iter().filter(|u| u.running).collect();
+        if !opts.stop_users && !running.is_empty() {
+            return Err(DockerError::failed(
+                action,
+                format!(
+                    "container(s) {} are running and use it; stop them first, or let drctl stop them for the restore",
+                    running.iter().map(|u| format!("`{}`", u.name)).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let guard = self.stop_users(&users, opts.stop_users, opts.grace).await?;
+        let stopped = guard
+            .as_ref()
+            .map(|g| g.stopped().to_vec())
+            .unwrap_or_default();
+        let result = self
+            .restore_inner(volume, &users, opts, first, input, &action)
+            .await;
+        let (bytes, entries, file_bytes, emptied_by) = finish_guard(guard, result).await?;
+        let report = RestoreReport {
+            volume: volume.to_string(),
+            bytes,
+            entries,
+            file_bytes,
+            emptied_by,
+            stopped,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            volume,
+            bytes = report.bytes,
+            entries = report.entries,
+            seconds = report.seconds,
+            "volume restore done"
+        );
+        Ok(report)
+    }
+
+    async fn restore_inner(
+        &self,
+        volume: &str,
+        users: &[VolumeUser],
+        opts: &RestoreOptions,
+        first: Bytes,
+        input: &mut (dyn AsyncRead + Unpin + Send),
+        action: &str,
+    ) -> Result<(u64, u64, u64, String), DockerError> {
+        // Emptying. A temporary container from an image with `sh` that mounts the volume
+        // and deletes its contents works for every volume driver and leaves the volume
+        // itself (name, driver, options, labels, users' references) untouched; images of
+        // the containers that use the volume are on this host and nearly always have a
+        // shell. Without one, removing and recreating the volume with the same driver and
+        // labels empties it too, but only when nothing references it (Docker refuses to
+        // remove a volume a stopped container still mounts) and only for plain local
+        // volumes (with driver options, e.g. a bind `device`, removal keeps the data).
+        let mut images: Vec<String> = opts.image.iter().cloned().collect();
+        for u in users {
+            if !images.contains(&u.image_id) {
+                images.push(u.image_id.clone());
+            }
+        }
+        let mut tried = Vec::new();
+        let mut target = None;
+        for image in &images {
+            match self.empty_with(volume, image).await {
+                Ok(t) => {
+                    target = Some((t, format!("container from image `{}`", short_image(image))));
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(volume, image, "cannot empty with this image: {e}");
+                    tried.push(format!("{}: {}", short_image(image), e.short()));
+                }
+            }
+        }
+        let (target, emptied_by) = match target {
+            Some(t) => t,
+            None => {
+                let spec = self.volume_spec(volume).await?;
+                if !users.is_empty() || spec.driver != "local" || !spec.driver_opts.is_empty() {
+                    return Err(DockerError::failed(
+                        action,
+                        format!(
+                            "cannot empty it: no image with `sh` and `rm` ({}), and the volume cannot be recreated instead ({}); pass an image that has a shell",
+                            if tried.is_empty() { "none to try".into() } else { tried.join("; ") },
+                            if !users.is_empty() {
+                                format!("used by {}", names(users))
+                            } else {
+                                "not a plain local volume".into()
+                            }
+                        ),
+                    ));
+                }
+                tracing::info!(volume, "emptying by recreating the volume");
+                self.remove_volume(volume).await?;
+                self.create_volume(&spec).await?;
+                let image = self.any_image(opts.image.as_deref(), users, action).await?;
+                let t = TempContainer::create(self, "restore", volume_body(&image, volume, None))
+                    .await?;
+                (t, "volume recreated".to_string())
+            }
+        };
+
+        let result = self.upload(volume, &target.name, opts, first, input).await;
+        if let Err(e) = target.remove().await {
+            tracing::warn!("{e}");
+        }
+        let (bytes, entries, file_bytes) = result?;
+        Ok((bytes, entries, file_bytes, emptied_by))
+    }
+
+    /// A temporary container that has emptied the volume (and is stopped, ready to
+    /// receive the upload).
+    async fn empty_with(&self, volume: &str, image: &str) -> Result<TempContainer, DockerError> {
+        let t = TempContainer::create(
+            self,
+            "empty",
+            volume_body(image, volume, Some(EMPTY_SCRIPT)),
+        )
+        .await?;
+        match self.run_to_end(&t.name, volume, image).await {
+            Ok(()) => Ok(t),
+            Err(e) => {
+                if let Err(r) = t.remove().await {
+                    tracing::warn!("{r}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Start a container and wait for it to exit 0.
+    async fn run_to_end(&self, name: &str, volume: &str, image: &str) -> Result<(), DockerError> {
+        let what = format!(
+            "empty volume `{volume}` with image `{}`",
+            short_image(image)
+        );
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(self.api_err(what.clone()))?;
+        let mut wait = self.docker.wait_container(
+            name,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        let code = match wait.next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(self.api_err(what)(e)),
+            None => -1,
+        };
+        if code == 0 {
+            return Ok(());
+        }
+        let mut logs = self.docker.logs(
+            name,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .tail("10")
+                    .build(),
+            ),
+        );
+        let mut text = String::new();
+        while let Some(Ok(l)) = logs.next().await {
+            text.push_str(&l.to_string());
+        }
+        Err(DockerError::failed(
+            what,
+            format!("exit code {code}: {}", text.trim()),
+        ))
+    }
+
+    /// Feed the archive, renamed under the mount point, to the daemon.
+    async fn upload(
+        &self,
+        volume: &str,
+        container: &str,
+        opts: &RestoreOptions,
+        first: Bytes,
+        input: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(u64, u64, u64), DockerError> {
+        let action = format!("restore volume `{volume}`");
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut renamer = TarRenamer::new(under_dir(VOLUME_MOUNT));
+        let mut bytes = 0u64;
+        // Why the body ended early, in words for the operator (the daemon only sees a
+        // broken request).
+        let mut input_error: Option<String> = None;
+        let put = UploadToContainerOptionsBuilder::default().path("/").build();
+        let docker = self.patient(opts.upload_timeout);
+        let uploaded = {
+            let feed = async {
+                let tx = tx; // dropped when the feed ends: the body then ends
+                let mut pieces = Vec::new();
+                let mut first = Some(first);
+                loop {
+                    let mut buf = BytesMut::with_capacity(256 * 1024);
+                    if let Some(f) = first.take() {
+                        buf.extend_from_slice(&f);
+                    } else {
+                        match input.read_buf(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                input_error = Some(format!("reading the archive failed: {e}"));
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                    bytes += buf.len() as u64;
+                    if let Err(e) = renamer.push(buf.freeze(), &mut pieces) {
+                        let _ = tx.send(Err(std::io::Error::other(e.clone()))).await;
+                        input_error = Some(e);
+                        return;
+                    }
+                    for p in pieces.drain(..) {
+                        if tx.send(Ok(p)).await.is_err() {
+                            return; // the upload ended; its result says why
+                        }
+                    }
+                }
+                if let Err(e) = renamer.finish() {
+                    let _ = tx.send(Err(std::io::Error::other(e.clone()))).await;
+                    input_error = Some(e);
+                }
+            };
+            let upload =
+                docker.upload_to_container(container, Some(put), bollard::body_try_stream(body));
+            tokio::pin!(feed, upload);
+            let mut fed = false;
+            loop {
+                tokio::select! {
+                    () = &mut feed, if !fed => fed = true,
+                    r = &mut upload => break r,
+                }
+            }
+        };
+        let partial = "the volume may hold part of the archive; run the restore again";
+        if let Some(e) = input_error {
+            return Err(DockerError::failed(action, format!("{e}; {partial}")));
+        }
+        uploaded.map_err(|e| match self.api_err(action.clone())(e) {
+            DockerError::Api { action, source } => {
+                DockerError::failed(action, format!("{}; {partial}", crate::api_reason(&source)))
+            }
+            other => other,
+        })?;
+        Ok((bytes, renamer.entries, renamer.file_bytes))
+    }
+
+    async fn require_volume(&self, volume: &str, action: &str) -> Result<(), DockerError> {
+        match self.docker.inspect_volume(volume).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(DockerError::failed(
+                action,
+                "no such volume (docker volume ls lists the volumes)",
+            )),
+            Err(e) => Err(self.api_err(format!("inspect volume `{volume}`"))(e)),
+        }
+    }
+
+    /// Stop the running users when asked.
+    async fn stop_users(
+        &self,
+        users: &[VolumeUser],
+        stop: bool,
+        grace: Duration,
+    ) -> Result<Option<StoppedGuard>, DockerError> {
+        if !stop {
+            return Ok(None);
+        }
+        let running: Vec<&str> = users
+            .iter()
+            .filter(|u| u.running)
+            .map(|u| u.name.as_str())
+            .collect();
+        Ok(Some(self.stop_guarded(&running, grace).await?))
+    }
+
+    /// Whether a container mounts only a sub-path of the volume (API 1.45+ `Subpath`).
+    async fn mounts_subpath(&self, container: &str, volume: &str) -> Result<bool, DockerError> {
+        let i = self.inspect(container).await?;
+        Ok(i.host_config
+            .and_then(|h| h.mounts)
+            .unwrap_or_default()
+            .iter()
+            .any(|m| {
+                m.source.as_deref() == Some(volume)
+                    && m.volume_options
+                        .as_ref()
+                        .and_then(|o| o.subpath.as_deref())
+                        .is_some_and(|s| !s.is_empty())
+            }))
+    }
+
+    /// An image on this host for a never-started container: the one asked for, else one
+    /// the volume's users run, else any.
+    async fn any_image(
+        &self,
+        wanted: Option<&str>,
+        users: &[VolumeUser],
+        action: &str,
+    ) -> Result<String, DockerError> {
+        if let Some(w) = wanted {
+            return Ok(w.to_string());
+        }
+        if let Some(u) = users.first() {
+            return Ok(u.image_id.clone());
+        }
+        let images = self
+            .docker
+            .list_images(None::<ListImagesOptions>)
+            .await
+            .map_err(self.api_err("list the images on this host"))?;
+        images.into_iter().next().map(|i| i.id).ok_or_else(|| {
+            DockerError::failed(
+                action,
+                "no image on this host to create a temporary container from, and drctl never pulls; load any image (docker load) or name one",
+            )
+        })
+    }
+}
+
+/// A volume snapshot being read; see [`DockerClient::snapshot_volume_reader`].
+pub struct SnapshotReader {
+    pipe: tokio::io::DuplexStream,
+    task: Option<tokio::task::JoinHandle<Result<SnapshotReport, DockerError>>>,
+    outcome: Option<Result<SnapshotReport, DockerError>>,
+}
+
+fn joined(
+    r: Result<Result<SnapshotReport, DockerError>, tokio::task::JoinError>,
+) -> Result<SnapshotReport, DockerError> {
+    r.unwrap_or_else(|e| {
+        Err(DockerError::failed(
+            "snapshot a volume",
+            format!("the snapshot task ended abnormally: {e}"),
+        ))
+    })
+}
+
+impl SnapshotReader {
+    /// The snapshot's outcome. Call it after reading to the end; called earlier, it
+    /// abandons the rest (the snapshot then fails and cleans up).
+    pub async fn finish(self) -> Result<SnapshotReport, DockerError> {
+        let SnapshotReader {
+            pipe,
+            task,
+            outcome,
+        } = self;
+        if let Some(o) = outcome {
+            return o;
+        }
+        drop(pipe);
+        match task {
+            Some(t) => joined(t.await),
+            None => Err(DockerError::failed("snapshot a volume", "no outcome")),
+        }
+    }
+}
+
+impl AsyncRead for SnapshotReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.pipe).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        // End of the pipe: the snapshot task is done; its outcome decides what EOF means.
+        if self.outcome.is_none() {
+            let Some(task) = self.task.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let r = match std::pin::Pin::new(task).poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
+            };
+            self.task = None;
+            self.outcome = Some(joined(r));
+        }
+        match &self.outcome {
+            Some(Err(e)) => Poll::Ready(Err(std::io::Error::other(e.to_string()))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Start again what was stopped; the operation's error wins over the restart's.
+async fn finish_guard<T>(
+    guard: Option<StoppedGuard>,
+    result: Result<T, DockerError>,
+) -> Result<T, DockerError> {
+    let Some(guard) = guard else { return result };
+    match (result, guard.restore().await) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(r)) => Err(r),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(r)) => {
+            tracing::error!("{r}");
+            Err(e)
+        }
+    }
+}
+
+fn user_of(volume: &str, c: ContainerSummary) -> Option<VolumeUser> {
+    let mounts = c.mounts.unwrap_or_default();
+    let m = mounts.iter().find(|m| m.name.as_deref() == Some(volume))?;
+    let destination = m.destination.clone().unwrap_or_default();
+    let prefix = format!("{}/", destination.trim_end_matches('/'));
+    let nested = mounts.iter().any(|o| {
+        o.destination
+            .as_deref()
+            .is_some_and(|d| d.starts_with(&prefix))
+    });
+    Some(VolumeUser {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        image_id: c.image_id.unwrap_or_default(),
+        running: c.state.map(|s| s.to_string()).as_deref() == Some("running"),
+        destination,
+        read_only: m.rw == Some(false),
+        nested,
+    })
+}
+
+fn names(users: &[VolumeUser]) -> String {
+    users
+        .iter()
+        .map(|u| format!("`{}`", u.name))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn short_image(image: &str) -> String {
+    match image.strip_prefix("sha256:") {
+        Some(h) => h.chars().take(12).collect(),
+        None => image.to_string(),
+    }
+}

@@ -1,0 +1,529 @@
+//! Backups, restores and verification of targets: the adapters (Docker volumes, databases)
+//! joined to the repository. Used by the `backup` / `restore` / `verify` steps and by
+//! `drctl backup`.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use drctl_core::compose::ComposeModel;
+use drctl_core::config::{Config, Target, VolumeTarget};
+use drctl_core::fingerprint::{tree_fingerprint, TreeFingerprint};
+use drctl_core::runbook::Selection;
+use drctl_docker::{ContainerSpec, DockerClient, RestoreOptions, SnapshotOptions, VolumeSpec};
+use drctl_repo::{ItemRecord, ItemSpec, Manifest, Repository};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+
+/// A failure of a data operation, already in words for the operator.
+#[derive(Debug)]
+pub struct DataError {
+    pub message: String,
+    /// Bad data (checksum, fingerprint): retrying cannot help.
+    pub fatal: bool,
+}
+
+impl DataError {
+    fn new(m: impl Into<String>) -> Self {
+        DataError {
+            message: m.into(),
+            fatal: false,
+        }
+    }
+    fn fatal(m: impl Into<String>) -> Self {
+        DataError {
+            message: m.into(),
+            fatal: true,
+        }
+    }
+}
+
+impl From<drctl_docker::DockerError> for DataError {
+    fn from(e: drctl_docker::DockerError) -> Self {
+        DataError::new(e.to_string())
+    }
+}
+
+impl From<drctl_repo::RepoError> for DataError {
+    fn from(e: drctl_repo::RepoError) -> Self {
+        let fatal = e.is_damaged();
+        DataError {
+            message: e.to_string(),
+            fatal,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, DataError>;
+
+/// What a volume item records for verification and re-creation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeFingerprint {
+    pub tree: TreeFingerprint,
+    /// How to create the volume when it is gone (driver, options, compose labels).
+    pub volume: VolumeSpec,
+}
+
+/// Feeds a tar stream to [`tree_fingerprint`] on a blocking thread.
+struct TreeHasher {
+    tx: mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<std::result::Result<TreeFingerprint, String>>,
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+impl TreeHasher {
+    fn start() -> TreeHasher {
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut r = ChannelReader {
+                rx,
+                cur: Bytes::new(),
+            };
+            let fp = tree_fingerprint(&mut r);
+            // Drain what is left so that the sender never blocks on a failed parse.
+            let mut sink = [0u8; 65536];
+            while std::io::Read::read(&mut r, &mut sink).unwrap_or(0) > 0 {}
+            fp
+        });
+        TreeHasher { tx, task }
+    }
+
+    async fn finish(self) -> Result<TreeFingerprint> {
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))?
+            .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))
+    }
+}
+
+/// An `AsyncRead` that passes what it reads on to a hasher too.
+struct TeeRead<R> {
+    inner: R,
+    tx: PollSender<Bytes>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TeeRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Make room in the channel first, so that bytes read are never dropped.
+        if let Err(_closed) = std::task::ready!(self.tx.poll_reserve(cx)) {
+            return Poll::Ready(Err(std::io::Error::other(
+                "the volume fingerprint stopped reading",
+            )));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            let b = Bytes::copy_from_slice(new);
+            if self.tx.send_item(b).is_err() {
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the volume fingerprint stopped reading",
+                )));
+            }
+        } else {
+            self.tx.abort_send();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// An `AsyncWrite` that only hashes (for verification: nothing is stored).
+struct HashWrite {
+    tx: PollSender<Bytes>,
+}
+
+impl AsyncWrite for HashWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if std::task::ready!(self.tx.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(std::io::Error::other(
+                "the volume fingerprint stopped reading",
+            )));
+        }
+        if self.tx.send_item(Bytes::copy_from_slice(buf)).is_err() {
+            return Poll::Ready(Err(std::io::Error::other(
+                "the volume fingerprint stopped reading",
+            )));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+pub struct Data<'a> {
+    pub docker: &'a DockerClient,
+    pub repo: &'a Repository,
+    pub config: &'a Config,
+    pub compose: Option<&'a ComposeModel>,
+}
+
+/// Item names in a set: `volume/sessions`, `postgres/postgres/app`, `spec/app/<container>`.
+fn volume_item(target: &str) -> String {
+    format!("volume/{target}")
+}
+
+impl Data<'_> {
+    fn project(&self) -> &str {
+        &self.config.stack.project
+    }
+
+    /// Targets by name: the named ones, or all configured.
+    pub fn targets(&self, names: &[String]) -> Result<Vec<(String, Target)>> {
+        if names.is_empty() {
+            return Ok(self
+                .config
+                .targets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.config
+                    .targets
+                    .get(n)
+                    .map(|t| (n.clone(), t.clone()))
+                    .ok_or_else(|| {
+                        DataError::fatal(format!(
+                            "no target `{n}` in {}",
+                            self.config.file.display()
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// The Docker name of a volume target (`app-sessions` -> `drctl-lab_app-sessions`), and
+    /// whether it exists now.
+    async fn volume_name(&self, v: &VolumeTarget) -> Result<(String, bool)> {
+        if let Some(name) = self
+            .docker
+            .compose_volume(self.project(), &v.volume)
+            .await?
+        {
+            return Ok((name, true));
+        }
+        // Not a compose key of this project: a volume by its own name?
+        if self.docker.inner().inspect_volume(&v.volume).await.is_ok() {
+            return Ok((v.volume.clone(), true));
+        }
+        Ok((format!("{}_{}", self.project(), v.volume), false))
+    }
+
+    /// The image of a service that uses the volume (for the temporary containers the
+    /// archive API needs when no container mounts it).
+    fn volume_image(&self, v: &VolumeTarget) -> Option<String> {
+        let _ = (v, self.compose);
+        None
+    }
+
+    /// Take a backup set of the targets (and the container specs of the stack).
+    pub async fn backup(
+        &self,
+        names: &[String],
+        tags: Vec<String>,
+        skip_missing: bool,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<Manifest> {
+        let targets = self.targets(names)?;
+        let mut w = self.repo.begin_set(self.project(), tags);
+        let result = async {
+            let mut taken = 0usize;
+            for (name, t) in &targets {
+                match t {
+                    Target::Volume(v) => {
+                        let (full, exists) = self.volume_name(v).await?;
+                        if !exists {
+                            if skip_missing {
+                                progress(format!(
+                                    "{name}: volume {full} does not exist; nothing to back up"
+                                ));
+                                continue;
+                            }
+                            return Err(DataError::new(format!(
+                                "volume `{}` of target `{name}` does not exist (looked for {full})",
+                                v.volume
+                            )));
+                        }
+                        let spec = self.docker.volume_spec(&full).await?;
+                        let opts = SnapshotOptions {
+                            stop_users: !v.stop.is_empty(),
+                            image: self.volume_image(v),
+                            ..Default::default()
+                        };
+                        let hasher = TreeHasher::start();
+                        let (mut wr, rd) = tokio::io::duplex(4 << 20);
+                        let tee = TeeRead {
+                            inner: rd,
+                            tx: PollSender::new(hasher.tx.clone()),
+                        };
+                        let item =
+                            ItemSpec::new(volume_item(name), "volume", format!("volume {full}"));
+                        let snap = async {
+                            let r = self.docker.snapshot_volume(&full, &opts, &mut wr).await;
+                            let _ = wr.shutdown().await;
+                            drop(wr);
+                            r
+                        };
+                        let (snap, put) = tokio::join!(snap, w.put(item, tee));
+                        let report = snap?;
+                        let rec = put?;
+                        let tree = hasher.finish().await?;
+                        w.set_fingerprint(
+                            &rec.name,
+                            serde_json::to_value(VolumeFingerprint { tree, volume: spec })
+                                .expect("json"),
+                        );
+                        progress(format!(
+                            "{name}: volume {full}, {} entries, {} bytes in {:.1}s",
+                            report.entries, report.bytes, report.seconds
+                        ));
+                        taken += 1;
+                    }
+                    other => {
+                        return Err(DataError::fatal(format!(
+                        "target `{name}` is a {} target; this build backs up volumes only so far",
+                        other.kind()
+                    )))
+                    }
+                }
+            }
+            // What it takes to recreate the containers when no compose file is at hand.
+            let containers = self.docker.project_containers(self.project()).await?;
+            for c in containers {
+                let spec: ContainerSpec = self.docker.capture_spec(&c.name).await?;
+                let svc = c.service.clone().unwrap_or_else(|| c.name.clone());
+                let bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
+                let item = ItemSpec::new(
+                    format!("spec/{svc}/{}", c.name),
+                    "spec",
+                    format!("container {}", c.name),
+                );
+                w.put(item, &bytes[..]).await?;
+            }
+            Ok(taken)
+        }
+        .await;
+        match result {
+            Ok(_) => Ok(w.finish().await?),
+            Err(e) => {
+                if let Err(a) = w.abandon().await {
+                    tracing::warn!("failed to clean up the incomplete set: {a}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Find a set by selection; `Step` selections are resolved by the caller into an id.
+    pub async fn select(&self, sel: &Selection) -> Result<Manifest> {
+        Ok(self.repo.select(sel, jiff::Timestamp::now()).await?)
+    }
+
+    fn items_for<'m>(
+        &self,
+        m: &'m Manifest,
+        names: &[(String, Target)],
+    ) -> Result<Vec<(&'m ItemRecord, String, Target)>> {
+        let mut out = Vec::new();
+        for (name, t) in names {
+            let prefix = match t {
+                Target::Volume(_) => volume_item(name),
+                other => format!("{}/{name}", other.kind()),
+            };
+            let items: Vec<&ItemRecord> = m
+                .items
+                .iter()
+                .filter(|i| i.name == prefix || i.name.starts_with(&format!("{prefix}/")))
+                .collect();
+            if items.is_empty() {
+                return Err(DataError::fatal(format!(
+                    "backup set {} holds nothing for target `{name}`; choose another set",
+                    m.id
+                )));
+            }
+            out.extend(items.into_iter().map(|i| (i, name.clone(), t.clone())));
+        }
+        Ok(out)
+    }
+
+    /// Restore targets from a set: every object is verified first (nothing is destroyed for
+    /// a bad set), then a safety backup of what will be overwritten, then the restore.
+    pub async fn restore(
+        &self,
+        m: &Manifest,
+        names: &[String],
+        safety: bool,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<Value> {
+        let targets = self.targets(names)?;
+        let items = self.items_for(m, &targets)?;
+        for (item, _, _) in &items {
+            self.repo.verify_item(m, item).await?;
+        }
+        progress(format!(
+            "verified {} object(s) of set {} before touching anything",
+            items.len(),
+            m.id
+        ));
+        let safety_set = if safety {
+            let tnames: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+            let s = self
+                .backup(&tnames, vec!["safety".into()], true, progress)
+                .await
+                .map_err(|e| {
+                    DataError::new(format!(
+                        "failed to take the safety backup, so nothing was restored: {}",
+                        e.message
+                    ))
+                })?;
+            progress(format!("safety backup {} taken", s.id));
+            Some(s.id)
+        } else {
+            None
+        };
+        let mut restored = Vec::new();
+        for (item, name, t) in &items {
+            match t {
+                Target::Volume(v) => {
+                    let fp: VolumeFingerprint = serde_json::from_value(item.fingerprint.clone())
+                        .map_err(|e| {
+                            DataError::fatal(format!(
+                                "backup set {} item {} has no usable volume record: {e}",
+                                m.id, item.name
+                            ))
+                        })?;
+                    let (full, _) = self.volume_name(v).await?;
+                    let mut create = fp.volume.clone();
+                    create.name = full.clone();
+                    let opts = RestoreOptions {
+                        create: Some(create),
+                        image: self.volume_image(v),
+                        ..Default::default()
+                    };
+                    let mut reader = self.repo.open_item(m, item).await?;
+                    let r = self
+                        .docker
+                        .restore_volume(&full, &opts, &mut reader)
+                        .await?;
+                    progress(format!(
+                        "{name}: volume {full} restored, {} entries in {:.1}s ({})",
+                        r.entries, r.seconds, r.emptied_by
+                    ));
+                    restored.push(name.clone());
+                }
+                other => {
+                    return Err(DataError::fatal(format!(
+                        "target `{name}` is a {} target; this build restores volumes only so far",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        Ok(json!({
+            "set_id": m.id,
+            "set_taken_at": m.started.to_string(),
+            "restored": restored,
+            "safety_set": safety_set,
+        }))
+    }
+
+    /// Compare the targets now with the fingerprints recorded in a set.
+    pub async fn verify(&self, m: &Manifest, names: &[String]) -> Result<Value> {
+        let targets = self.targets(names)?;
+        let items = self.items_for(m, &targets)?;
+        let mut results = BTreeMap::new();
+        let mut bad = Vec::new();
+        for (item, name, t) in &items {
+            match t {
+                Target::Volume(v) => {
+                    let fp: VolumeFingerprint = serde_json::from_value(item.fingerprint.clone())
+                        .map_err(|e| {
+                            DataError::fatal(format!(
+                                "backup set {} item {} has no volume fingerprint: {e}",
+                                m.id, item.name
+                            ))
+                        })?;
+                    let (full, exists) = self.volume_name(v).await?;
+                    if !exists {
+                        bad.push(format!("{name}: volume {full} does not exist"));
+                        continue;
+                    }
+                    let hasher = TreeHasher::start();
+                    let mut sink = HashWrite {
+                        tx: PollSender::new(hasher.tx.clone()),
+                    };
+                    let opts = SnapshotOptions {
+                        stop_users: false,
+                        image: self.volume_image(v),
+                        ..Default::default()
+                    };
+                    let snap = self.docker.snapshot_volume(&full, &opts, &mut sink).await;
+                    let _ = sink.shutdown().await;
+                    drop(sink);
+                    snap?;
+                    let now = hasher.finish().await?;
+                    let diff = fp.tree.compare(&now);
+                    if diff.is_empty() {
+                        results.insert(name.clone(), json!({"ok": true, "entries": now.entries, "file_bytes": now.file_bytes}));
+                    } else {
+                        bad.push(format!("{name}: {}", diff.join("; ")));
+                        results.insert(name.clone(), json!({"ok": false, "differences": diff}));
+                    }
+                }
+                other => {
+                    return Err(DataError::fatal(format!(
+                        "target `{name}` is a {} target; this build verifies volumes only so far",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        if !bad.is_empty() {
+            return Err(DataError::fatal(format!(
+                "verification against set {} FAILED: {}",
+                m.id,
+                bad.join("; ")
+            )));
+        }
+        Ok(json!({"set_id": m.id, "targets": results}))
+    }
+}

@@ -1,0 +1,199 @@
+//! `drctl backup`, `drctl backups ...` and the backup / restore / verify steps on a private
+//! copy of the lab stack, with the local repository (the embedded default).
+
+mod common;
+
+use std::process::Command;
+
+use common::{need_docker, run, Stack};
+
+const UP: &str = "version: 1
+defaults: { timeout: 3m }
+steps:
+  - { id: up, kind: up, services: [app, postgres, redis] }
+  - { id: app, kind: health, check: { type: docker, service: app } }
+";
+
+fn app_exec(st: &Stack, script: &str) -> String {
+    let out = Command::new("docker")
+        .args(["exec", &st.container_id("app"), "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The volume's tree as `find` sees it: names, modes, owners, sizes, link targets, checksums.
+fn tree(st: &Stack) -> String {
+    app_exec(st, "cd /data/sessions && find . -printf '%p %m %U:%G %s %l\\n' | sort && find . -type f -exec sha256sum {} + | sort -k2")
+}
+
+fn with_volume_targets(st: &Stack) {
+    let cfg = std::fs::read_to_string(st.config()).unwrap();
+    std::fs::write(
+        st.config(),
+        format!("{cfg}targets:\n  sessions: {{ type: volume, volume: app-sessions, stop: [app] }}\nretention: {{ keep_last: 2 }}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn volume_backup_restore_verify_round_trip() {
+    if !need_docker("volume_backup_restore_verify_round_trip") {
+        return;
+    }
+    let st = Stack::new("backup");
+    with_volume_targets(&st);
+    let out = run(st.drctl(&["run", &st.runbook("up", UP)]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    app_exec(
+        &st,
+        "cd /data/sessions && echo one > a && mkdir -p d/empty && echo two > d/b && chmod 600 d/b && chown 999:999 d/b && ln -s d/b link && ln -s nowhere dangling && dd if=/dev/urandom of=big bs=1M count=8 2>/dev/null",
+    );
+    let before = tree(&st);
+
+    let out = run(st.drctl(&["backup", "--tag", "first"]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.starts_with("backup set "), "{}", out.stdout);
+    let set = out.stdout.split_whitespace().nth(2).unwrap().to_string();
+
+    let list = run(st.drctl(&["backups", "list", "--json"]));
+    let sets: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(sets[0]["id"], set.as_str());
+    assert_eq!(sets[0]["complete"], true);
+    assert_eq!(sets[0]["tags"], serde_json::json!(["first"]));
+    let show = run(st.drctl(&["backups", "show", &set, "--json"]));
+    let m: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    let names: Vec<&str> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"volume/sessions"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("spec/app/")),
+        "container specs are captured: {names:?}"
+    );
+    let verify = run(st.drctl(&["backups", "verify", &set]));
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+
+    // Break the data, restore it, verify it.
+    app_exec(
+        &st,
+        "cd /data/sessions && rm -rf d big && echo junk > junk && echo changed > a",
+    );
+    assert_ne!(tree(&st), before);
+    let rb = st.runbook(
+        "restore",
+        "version: 1\nobjectives: { rto: 10m, rpo: 1h }\nbackup: { tag: first }\nsteps:\n  - { id: restore, kind: restore, targets: [sessions] }\n  - { id: verify, kind: verify, targets: [sessions] }\n",
+    );
+    let out = run(st.drctl(&["run", &rb]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        tree(&st),
+        before,
+        "the volume came back byte for byte, with owners, modes and links"
+    );
+    assert!(
+        out.stdout.contains("RPO (age of the restored data): "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("against an objective of 1h: met"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("safety backup"),
+        "a safety backup is taken first: {}",
+        out.stderr
+    );
+    let sets: serde_json::Value =
+        serde_json::from_str(&run(st.drctl(&["backups", "list", "--json"])).stdout).unwrap();
+    assert!(
+        sets.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["tags"] == serde_json::json!(["safety"])),
+        "{sets}"
+    );
+
+    // A verify against a changed volume fails and says what differs.
+    app_exec(&st, "echo extra > /data/sessions/extra");
+    let vb = st.runbook("verify", "version: 1\nsteps:\n  - { id: verify, kind: verify, targets: [sessions], against: { tag: first } }\n");
+    let out = run(st.drctl(&["run", &vb]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("sessions: 9 entries at backup, 10 now")
+            || out.stdout.contains("entries at backup"),
+        "{}",
+        out.stdout
+    );
+
+    // Prune keeps the newest two complete sets, and says why.
+    let out = run(st.drctl(&["backups", "prune", "--dry-run"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("dry run: nothing was deleted"));
+}
+
+#[test]
+fn corrupted_object_is_caught_before_anything_is_destroyed() {
+    if !need_docker("corrupted_object_is_caught_before_anything_is_destroyed") {
+        return;
+    }
+    let st = Stack::new("corrupt");
+    with_volume_targets(&st);
+    let out = run(st.drctl(&["run", &st.runbook("up", UP)]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    app_exec(&st, "echo precious > /data/sessions/p");
+    let out = run(st.drctl(&["backup"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let set = out.stdout.split_whitespace().nth(2).unwrap().to_string();
+    // Flip a byte of the volume object in the local repository.
+    let m: serde_json::Value =
+        serde_json::from_str(&run(st.drctl(&["backups", "show", &set, "--json"])).stdout).unwrap();
+    let key = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "volume/sessions")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = st.dir.path().join("repo").join(&key);
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let verify = run(st.drctl(&["backups", "verify", &set]));
+    assert_eq!(verify.code, 1);
+    assert!(
+        verify.stdout.contains("FAIL  volume/sessions"),
+        "{}",
+        verify.stdout
+    );
+    assert!(verify.stderr.contains(&set), "{}", verify.stderr);
+
+    app_exec(&st, "echo newer > /data/sessions/p");
+    let rb = st.runbook("r", "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions] }\n");
+    let out = run(st.drctl(&["run", &rb]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains(&set) && out.stdout.contains(&key),
+        "the message names the set and the object: {}",
+        out.stdout
+    );
+    assert_eq!(
+        app_exec(&st, "cat /data/sessions/p").trim(),
+        "newer",
+        "nothing was destroyed"
+    );
+}
