@@ -136,6 +136,38 @@ fn volume_backup_restore_verify_round_trip() {
         out.stdout
     );
 
+    // A service whose container is gone comes back from the specs captured in the set,
+    // without the compose file.
+    let app = st.container_id("app");
+    let name = String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["inspect", "-f", "{{.Name}}", &app])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .trim_start_matches('/')
+    .to_string();
+    assert!(Command::new("docker")
+        .args(["rm", "-f", &app])
+        .status()
+        .unwrap()
+        .success());
+    let sb = st.runbook("spec", "version: 1\nbackup: { tag: first }\nsteps:\n  - { id: up, kind: up, services: [app], from: spec }\n  - { id: ok, kind: health, check: { type: docker, service: app }, timeout: 1m }\n");
+    let out = run(st.drctl(&["run", &sb]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{name} recreated from set {set}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        app_exec(&st, "cat /data/sessions/a").contains("one"),
+        "the recreated container mounts the same volume"
+    );
+
     // Prune keeps the newest two complete sets, and says why.
     let out = run(st.drctl(&["backups", "prune", "--dry-run"]));
     assert_eq!(out.code, 0, "{}", out.stderr);

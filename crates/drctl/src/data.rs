@@ -290,22 +290,25 @@ impl Data<'_> {
                             ..Default::default()
                         };
                         let hasher = TreeHasher::start();
-                        let (mut wr, rd) = tokio::io::duplex(4 << 20);
-                        let tee = TeeRead {
-                            inner: rd,
-                            tx: PollSender::new(hasher.tx.clone()),
-                        };
+                        // The reader ends in an error (never a clean end) when the snapshot
+                        // fails, so a truncated archive cannot be stored as a whole one.
+                        let mut rd = self.docker.snapshot_volume_reader(&full, opts);
                         let item =
                             ItemSpec::new(volume_item(name), "volume", format!("volume {full}"));
-                        let snap = async {
-                            let r = self.docker.snapshot_volume(&full, &opts, &mut wr).await;
-                            let _ = wr.shutdown().await;
-                            drop(wr);
-                            r
-                        };
-                        let (snap, put) = tokio::join!(snap, w.put(item, tee));
-                        let report = snap?;
+                        let put = w
+                            .put(
+                                item,
+                                TeeRead {
+                                    inner: &mut rd,
+                                    tx: PollSender::new(hasher.tx.clone()),
+                                },
+                            )
+                            .await;
+                        let report = rd.finish().await;
+                        // The upload's error is the cause when both fail (the snapshot then
+                        // only saw its reader go away).
                         let rec = put?;
+                        let report = report?;
                         let tree = hasher.finish().await?;
                         w.set_fingerprint(
                             &rec.name,

@@ -469,13 +469,95 @@ impl Runner {
         })
     }
 
+    /// Recreate services from the container specs captured in a backup set (the runbook's
+    /// `backup:` selection, else the newest set): for when no compose file is at hand.
+    async fn up_from_specs(
+        &self,
+        a: &drctl_core::runbook::UpStep,
+        ctx: &StepCtx,
+    ) -> Result<StepOutput, StepError> {
+        use tokio::io::AsyncReadExt;
+        let sel = self
+            .default_selection
+            .clone()
+            .unwrap_or(drctl_core::runbook::Selection::Latest);
+        let m = self.resolve(&sel, ctx).await?;
+        let data = self.data()?;
+        let specs: Vec<&drctl_repo::ItemRecord> = m
+            .items
+            .iter()
+            .filter(|i| i.kind == "spec")
+            .filter(|i| {
+                a.services.is_empty()
+                    || a.services
+                        .iter()
+                        .any(|s| i.name.starts_with(&format!("spec/{s}/")))
+            })
+            .collect();
+        if specs.is_empty() {
+            return Err(StepError::fatal(format!(
+                "backup set {} holds no container specs for {}",
+                m.id,
+                if a.services.is_empty() {
+                    "this stack".to_string()
+                } else {
+                    a.services.join(", ")
+                }
+            )));
+        }
+        let mut made = Vec::new();
+        // In the order the runbook lists the services (dependencies first, as written).
+        let rank = |name: &str| {
+            a.services
+                .iter()
+                .position(|s| name.starts_with(&format!("spec/{s}/")))
+                .unwrap_or(usize::MAX)
+        };
+        let mut specs = specs;
+        specs.sort_by_key(|i| rank(&i.name));
+        for item in specs {
+            let mut r = data.repo.open_item(&m, item).await.map_err(data_err)?;
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf).await.map_err(|e| {
+                StepError::fatal(format!("failed to read {} of set {}: {e}", item.name, m.id))
+            })?;
+            let spec: drctl_docker::ContainerSpec = serde_json::from_slice(&buf).map_err(|e| {
+                StepError::fatal(format!(
+                    "{} of set {} is not a container spec: {e}",
+                    item.name, m.id
+                ))
+            })?;
+            if self
+                .docker
+                .container(&spec.name)
+                .await
+                .map_err(err)?
+                .is_some()
+            {
+                ctx.progress(format!("{} exists; left as it is", spec.name));
+                continue;
+            }
+            self.docker.create_from_spec(&spec).await.map_err(err)?;
+            ctx.progress(format!("{} recreated from set {}", spec.name, m.id));
+            made.push(spec.name);
+        }
+        Ok(StepOutput {
+            message: format!(
+                "recreated {} container(s) from the specs in set {}",
+                made.len(),
+                m.id
+            ),
+            data: json!({"created": made, "spec_set": m.id}),
+        })
+    }
+
     async fn up(
         &self,
         a: &drctl_core::runbook::UpStep,
         ctx: &StepCtx,
     ) -> Result<StepOutput, StepError> {
-        if a.from == UpSource::Spec {
-            return Err(StepError::fatal("`up` from captured specs needs a backup set with specs; this build cannot read backup sets yet"));
+        if a.from == UpSource::Spec || (a.from == UpSource::Auto && self.compose.is_none()) {
+            return self.up_from_specs(a, ctx).await;
         }
         let model = self.model()?;
         let project = self.compose_project()?;
