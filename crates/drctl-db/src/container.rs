@@ -27,7 +27,9 @@ pub async fn service_container(
         return Err(DbError::NotFound {
             action,
             what: format!("a container for service `{service}`"),
-            hint: "bring the service up first (an `up` step), or check the service name in drctl.yml".into(),
+            hint:
+                "bring the service up first (an `up` step), or check the service name in drctl.yml"
+                    .into(),
         });
     }
     let running: Vec<_> = list.iter().filter(|c| c.state == "running").collect();
@@ -184,7 +186,11 @@ impl HelperContainer {
                 action: format!("start helper container `{}` for `{of_name}`", helper.name),
                 reason: docker_reason(&e),
             })?;
-        tracing::debug!(helper = helper.name, of = of_name, "helper container started");
+        tracing::debug!(
+            helper = helper.name,
+            of = of_name,
+            "helper container started"
+        );
         Ok(helper)
     }
 
@@ -216,7 +222,10 @@ async fn remove(docker: &DockerClient, name: &str) -> Result<(), DbError> {
         }) => Ok(()),
         Err(e) => Err(DbError::Refused {
             action: format!("remove helper container `{name}`"),
-            reason: format!("{}; remove it by hand: docker rm -f {name}", docker_reason(&e)),
+            reason: format!(
+                "{}; remove it by hand: docker rm -f {name}",
+                docker_reason(&e)
+            ),
         }),
     }
 }
@@ -236,7 +245,9 @@ impl Drop for HelperContainer {
                 });
             }
             Err(_) => {
-                tracing::warn!("helper container `{name}` left behind; remove it: docker rm -f {name}")
+                tracing::warn!(
+                    "helper container `{name}` left behind; remove it: docker rm -f {name}"
+                )
             }
         }
     }

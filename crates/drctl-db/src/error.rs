@@ -44,7 +44,11 @@ pub enum DbError {
     Unavailable { action: String, reason: String },
 
     /// A tool inside the container (pg_dump, pg_restore, psql, redis-cli, sh) failed.
-    #[error("failed to {action}: `{tool}` exited with code {code}{}{}", suffix(hint), printed(tool, output))]
+    #[error(
+        "failed to {action}: `{tool}` exited with code {code}{}{}",
+        suffix(hint),
+        printed(tool, output)
+    )]
     Tool {
         action: String,
         tool: String,
@@ -64,7 +68,10 @@ pub enum DbError {
     Invalid { action: String, reason: String },
 
     /// Data whose SHA-256 is not the one expected.
-    #[error("failed to {action}: SHA-256 mismatch (expected {expected}, got {actual}){}", suffix(hint))]
+    #[error(
+        "failed to {action}: SHA-256 mismatch (expected {expected}, got {actual}){}",
+        suffix(hint)
+    )]
     Checksum {
         action: String,
         expected: String,

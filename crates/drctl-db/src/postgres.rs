@@ -80,7 +80,7 @@ FROM (
 const QUERY_OUTPUT_CAP: usize = 64 << 20;
 
 /// A PostgreSQL target reached through `docker exec` in its container.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Postgres {
     docker: DockerClient,
     container: String,
@@ -88,6 +88,17 @@ pub struct Postgres {
     password_env: Option<String>,
     password: Option<Secret>,
     databases: Vec<String>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("container", &self.container)
+            .field("user", &self.user)
+            .field("password_env", &self.password_env)
+            .field("databases", &self.databases)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options of [`Postgres::dump_database`].
@@ -317,10 +328,9 @@ impl Postgres {
                 hint: self.auth_hint(),
             };
         }
-        if let Some(line) = output
-            .lines()
-            .find(|l| l.contains("FATAL:") && l.contains("database \"") && l.contains("\" does not exist"))
-        {
+        if let Some(line) = output.lines().find(|l| {
+            l.contains("FATAL:") && l.contains("database \"") && l.contains("\" does not exist")
+        }) {
             let name = line
                 .split("database \"")
                 .nth(1)
@@ -384,10 +394,12 @@ impl Postgres {
             .exec(&argv, Some(&mut input), &mut out, &mut err)
             .await
             .map_err(|e| match e {
-                DbError::Docker(drctl_docker::DockerError::Io { source, .. }) => DbError::Protocol {
-                    action: action.to_string(),
-                    reason: format!("psql's output could not be kept: {source}"),
-                },
+                DbError::Docker(drctl_docker::DockerError::Io { source, .. }) => {
+                    DbError::Protocol {
+                        action: action.to_string(),
+                        reason: format!("psql's output could not be kept: {source}"),
+                    }
+                }
                 e => e,
             })?;
         if code != 0 {
@@ -398,7 +410,10 @@ impl Postgres {
 
     /// `server_version_num`, e.g. 150018.
     pub async fn server_version(&self) -> Result<u32, DbError> {
-        let action = format!("read the PostgreSQL version in container `{}`", self.container);
+        let action = format!(
+            "read the PostgreSQL version in container `{}`",
+            self.container
+        );
         let out = self
             .query("postgres", "SHOW server_version_num;\n", &[], &action)
             .await?;
@@ -442,11 +457,18 @@ impl Postgres {
                 what: format!(
                     "database{} {}",
                     if missing.len() > 1 { "s" } else { "" },
-                    missing.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 hint: format!(
                     "the server has {}; fix the target's `databases` in drctl.yml",
-                    all.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+                    all.iter()
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -548,7 +570,10 @@ impl Postgres {
                 "{STABLE_OUTPUT}BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n\
                  SELECT 'drctl-snapshot:' || pg_export_snapshot();\n"
             );
-            sql_w.write_all(start.as_bytes()).await.map_err(Ctl::Session)?;
+            sql_w
+                .write_all(start.as_bytes())
+                .await
+                .map_err(Ctl::Session)?;
             let snapshot = read_marker(&mut lines, "drctl-snapshot:").await?;
             sql_w
                 .write_all(FINGERPRINT_QUERY.as_bytes())
@@ -619,7 +644,10 @@ impl Postgres {
         if code != 0 {
             let text = err.text();
             let hint = if text.contains("permission denied") {
-                format!("user `{}` must be a superuser to read the roles' passwords", self.user)
+                format!(
+                    "user `{}` must be a superuser to read the roles' passwords",
+                    self.user
+                )
             } else {
                 String::new()
             };
@@ -637,7 +665,10 @@ impl Postgres {
         &self,
         input: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<PgGlobalsReport, DbError> {
-        let action = format!("restore the roles (globals) in container `{}`", self.container);
+        let action = format!(
+            "restore the roles (globals) in container `{}`",
+            self.container
+        );
         let mut argv: Vec<String> = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=0"]
             .map(String::from)
             .to_vec();
@@ -686,7 +717,10 @@ impl Postgres {
                 return Err(DbError::io(format!("{action}: read the globals"))(e))
             }
             // psql stopped reading (it exited): its exit code and errors say why.
-            Err(FeedEnd::Closed(_)) => (0, 0),
+            Err(FeedEnd::Closed(e)) => {
+                tracing::debug!("{action}: psql stopped reading its input: {e}");
+                (0, 0)
+            }
         };
         scan.finish();
         if code != 0 {
@@ -823,16 +857,23 @@ impl Postgres {
             .await
         {
             Ok(o) if o.trim() == "f" => Probe::Ready,
-            Ok(o) if o.trim() == "t" => Probe::waiting("still in recovery (replaying WAL, or a standby)"),
-            Ok(o) => Probe::waiting(format!("unexpected answer {:?}", one_line(&o, 80))),
-            Err(e @ (DbError::Auth { .. } | DbError::NotFound { .. } | DbError::Credential { .. })) => {
-                Probe::Fatal(strip_failed(&e.to_string(), "probe"))
+            Ok(o) if o.trim() == "t" => {
+                Probe::waiting("still in recovery (replaying WAL, or a standby)")
             }
-            Err(DbError::Unavailable { reason, .. }) => Probe::waiting(format!("still failing: {reason}")),
+            Ok(o) => Probe::waiting(format!("unexpected answer {:?}", one_line(&o, 80))),
+            Err(
+                e @ (DbError::Auth { .. } | DbError::NotFound { .. } | DbError::Credential { .. }),
+            ) => Probe::Fatal(strip_failed(&e.to_string(), "probe")),
+            Err(DbError::Unavailable { reason, .. }) => {
+                Probe::waiting(format!("still failing: {reason}"))
+            }
             Err(DbError::Docker(e)) if e.is_not_found() => {
                 Probe::Fatal(format!("no container `{}`", self.container))
             }
-            Err(e) => Probe::waiting(format!("still failing: {}", strip_failed(&e.to_string(), "probe"))),
+            Err(e) => Probe::waiting(format!(
+                "still failing: {}",
+                strip_failed(&e.to_string(), "probe")
+            )),
         }
     }
 
@@ -847,7 +888,10 @@ impl Postgres {
     }
 
     pub async fn fingerprint_database(&self, db: &str) -> Result<PgDatabaseFingerprint, DbError> {
-        let action = format!("fingerprint database `{db}` in container `{}`", self.container);
+        let action = format!(
+            "fingerprint database `{db}` in container `{}`",
+            self.container
+        );
         let sql = format!("{STABLE_OUTPUT}{FINGERPRINT_QUERY}");
         let out = self.query(db, &sql, &[], &action).await?;
         let json = out
@@ -1108,7 +1152,9 @@ fn parse_header(b: &[u8]) -> Parse {
         if b.len() < pos + len {
             return Parse::NeedMore;
         }
-        strings.push(Some(String::from_utf8_lossy(&b[pos..pos + len]).into_owned()));
+        strings.push(Some(
+            String::from_utf8_lossy(&b[pos..pos + len]).into_owned(),
+        ));
         pos += len;
     }
     let mut it = strings.into_iter();
@@ -1249,7 +1295,11 @@ mod tests {
         for x in [42u8, 28, 4, 22, 10, 126, 0] {
             v.extend([0, x, 0, 0, 0]);
         }
-        for s in ["postgres", "15.18 (Debian 15.18-0+deb12u1)", "15.18 (Debian 15.18-0+deb12u1)"] {
+        for s in [
+            "postgres",
+            "15.18 (Debian 15.18-0+deb12u1)",
+            "15.18 (Debian 15.18-0+deb12u1)",
+        ] {
             v.extend([0, s.len() as u8, 0, 0, 0]);
             v.extend(s.as_bytes());
         }
@@ -1261,7 +1311,10 @@ mod tests {
     fn header_parses_incrementally() {
         let full = pg15_header();
         for cut in 0..60 {
-            assert!(matches!(parse_header(&full[..cut]), Parse::NeedMore), "cut {cut}");
+            assert!(
+                matches!(parse_header(&full[..cut]), Parse::NeedMore),
+                "cut {cut}"
+            );
         }
         let Parse::Done(h) = parse_header(&full) else {
             panic!()
@@ -1296,14 +1349,18 @@ mod tests {
         let o = PgRestoreOptions::default();
         assert!(check_restorable(&h, 150018, &o, "x").is_ok());
         assert!(check_restorable(&h, 170002, &o, "x").is_ok());
-        let e = check_restorable(&h, 140010, &o, "x").unwrap_err().to_string();
+        let e = check_restorable(&h, 140010, &o, "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("older major"), "{e}");
         let newer = ArchiveHeader {
             version: (1, 16, 0),
             dump_version: Some("17.2".into()),
             ..h.clone()
         };
-        let e = check_restorable(&newer, 150018, &o, "x").unwrap_err().to_string();
+        let e = check_restorable(&newer, 150018, &o, "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("format 1.16"), "{e}");
     }
 
@@ -1316,8 +1373,14 @@ mod tests {
         ));
         assert!(is_own_role_line("CREATE ROLE \"Admin\";", "Admin"));
         assert!(!is_own_role_line("CREATE ROLE app;", "postgres"));
-        assert!(!is_own_role_line("ALTER ROLE postgres SET search_path TO x;", "postgres"));
-        assert!(!is_own_role_line("ALTER ROLE postgresql WITH LOGIN;", "postgres"));
+        assert!(!is_own_role_line(
+            "ALTER ROLE postgres SET search_path TO x;",
+            "postgres"
+        ));
+        assert!(!is_own_role_line(
+            "ALTER ROLE postgresql WITH LOGIN;",
+            "postgres"
+        ));
     }
 
     #[test]
@@ -1372,7 +1435,7 @@ mod tests {
     #[test]
     fn failures_are_classified() {
         let pg = Postgres {
-            docker: DockerClient::connect_to("unix:///nonexistent.sock").unwrap(),
+            docker: DockerClient::connect_to("tcp://127.0.0.1:9").unwrap(),
             container: "pg".into(),
             user: "postgres".into(),
             password_env: Some("PGPW".into()),
@@ -1396,7 +1459,10 @@ mod tests {
             "pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  database \"nope\" does not exist",
             "",
         );
-        assert!(matches!(&e, DbError::NotFound { what, .. } if what == "database `nope`"), "{e}");
+        assert!(
+            matches!(&e, DbError::NotFound { what, .. } if what == "database `nope`"),
+            "{e}"
+        );
         let e = pg.failure(
             "x".into(),
             "psql",

@@ -544,9 +544,7 @@ impl Qdrant {
         not_found: Option<String>,
     ) -> Result<Value, DbError> {
         let url = build_url(&self.base, segments, query);
-        let mut req = self
-            .request(method, url)
-            .timeout(Duration::from_secs(120));
+        let mut req = self.request(method, url).timeout(Duration::from_secs(120));
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
@@ -556,7 +554,10 @@ impl Qdrant {
         let text = resp.text().await.map_err(|e| self.transport(e, action))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| DbError::Protocol {
             action: action.to_string(),
-            reason: format!("Qdrant answered something that is not JSON ({e}): {}", one_line(&text, 200)),
+            reason: format!(
+                "Qdrant answered something that is not JSON ({e}): {}",
+                one_line(&text, 200)
+            ),
         })?;
         Ok(result_of(v))
     }
@@ -586,18 +587,35 @@ impl Qdrant {
         if self.collections.is_empty() {
             return Ok(all);
         }
-        let missing: Vec<&String> = self.collections.iter().filter(|c| !all.contains(c)).collect();
+        let missing: Vec<&String> = self
+            .collections
+            .iter()
+            .filter(|c| !all.contains(c))
+            .collect();
         if !missing.is_empty() {
             return Err(DbError::NotFound {
-                action: format!("select the collections to back up on Qdrant at {}", self.base),
-                what: missing.iter().map(|c| format!("collection `{c}`")).collect::<Vec<_>>().join(", "),
-                hint: format!("the server has {all:?}; fix the target's `collections` in drctl.yml"),
+                action: format!(
+                    "select the collections to back up on Qdrant at {}",
+                    self.base
+                ),
+                what: missing
+                    .iter()
+                    .map(|c| format!("collection `{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                hint: format!(
+                    "the server has {all:?}; fix the target's `collections` in drctl.yml"
+                ),
             });
         }
         Ok(self.collections.clone())
     }
 
-    async fn list_snapshots(&self, scope: Scope<'_>, action: &str) -> Result<Vec<SnapshotDescription>, DbError> {
+    async fn list_snapshots(
+        &self,
+        scope: Scope<'_>,
+        action: &str,
+    ) -> Result<Vec<SnapshotDescription>, DbError> {
         let not_found = match scope {
             Scope::Collection(c) => Some(format!("collection `{c}`")),
             Scope::Full => None,
@@ -619,7 +637,8 @@ impl Qdrant {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         opts: &QdrantSnapshotOptions,
     ) -> Result<QdrantSnapshotReport, DbError> {
-        self.snapshot(Scope::Collection(collection), out, opts).await
+        self.snapshot(Scope::Collection(collection), out, opts)
+            .await
     }
 
     /// A full storage snapshot (all collections and aliases; single-node Qdrant) into
@@ -749,7 +768,12 @@ impl Qdrant {
         Ok((bytes, sha, verified))
     }
 
-    async fn delete_snapshot(&self, scope: Scope<'_>, name: &str, action: &str) -> Result<(), DbError> {
+    async fn delete_snapshot(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+        action: &str,
+    ) -> Result<(), DbError> {
         let mut segs = scope.segments();
         segs.push(name);
         self.call(
@@ -773,7 +797,10 @@ impl Qdrant {
         sha256: &str,
     ) -> Result<QdrantRestoreReport, DbError> {
         let t0 = Instant::now();
-        let action = format!("restore collection `{collection}` on Qdrant at {}", self.base);
+        let action = format!(
+            "restore collection `{collection}` on Qdrant at {}",
+            self.base
+        );
         if !is_sha256(sha256) {
             return Err(DbError::Invalid {
                 action,
@@ -783,7 +810,11 @@ impl Qdrant {
         let url = build_url(
             &self.base,
             &["collections", collection, "snapshots", "upload"],
-            &[("wait", "true"), ("priority", "snapshot"), ("checksum", sha256)],
+            &[
+                ("wait", "true"),
+                ("priority", "snapshot"),
+                ("checksum", sha256),
+            ],
         );
         // reqwest wants a 'static body: chunks travel through a small channel from the
         // caller's reader, which this function keeps borrowing.
@@ -824,7 +855,11 @@ impl Qdrant {
                     return Ok(bytes);
                 }
                 bytes += n as u64;
-                if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                if tx
+                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
                     // The request ended (an error answer); its result says why.
                     return Ok(bytes);
                 }
@@ -869,7 +904,10 @@ impl Qdrant {
         let subject = if collections.is_empty() {
             format!("see Qdrant at {} ready", self.base)
         } else {
-            format!("see Qdrant at {} ready with collections {collections:?}", self.base)
+            format!(
+                "see Qdrant at {} ready with collections {collections:?}",
+                self.base
+            )
         };
         Ok(wait_for(&subject, poll, || self.probe(collections)).await?)
     }
@@ -886,9 +924,18 @@ impl Qdrant {
             // Before /readyz existed, the root answering is the best there is.
             Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
             Ok(r) if matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                return Probe::Fatal(format!("authentication failed (HTTP {}); {}", r.status().as_u16(), self.auth_hint()))
+                return Probe::Fatal(format!(
+                    "authentication failed (HTTP {}); {}",
+                    r.status().as_u16(),
+                    self.auth_hint()
+                ))
             }
-            Ok(r) => return Probe::waiting(format!("still answering HTTP {} on /readyz", r.status().as_u16())),
+            Ok(r) => {
+                return Probe::waiting(format!(
+                    "still answering HTTP {} on /readyz",
+                    r.status().as_u16()
+                ))
+            }
             Err(e) => return Probe::waiting(format!("still not reachable ({})", root_cause(&e))),
         }
         if collections.is_empty() {
@@ -896,7 +943,8 @@ impl Qdrant {
         }
         match self.list_collections().await {
             Ok(all) => {
-                let missing: Vec<&String> = collections.iter().filter(|c| !all.contains(c)).collect();
+                let missing: Vec<&String> =
+                    collections.iter().filter(|c| !all.contains(c)).collect();
                 if missing.is_empty() {
                     Probe::Ready
                 } else {
@@ -912,7 +960,8 @@ impl Qdrant {
     pub async fn fingerprint(&self, collections: &[String]) -> Result<QdrantFingerprint, DbError> {
         let mut fp = QdrantFingerprint::default();
         for c in collections {
-            fp.collections.insert(c.clone(), self.collection_fingerprint(c).await?);
+            fp.collections
+                .insert(c.clone(), self.collection_fingerprint(c).await?);
         }
         Ok(fp)
     }
@@ -921,10 +970,20 @@ impl Qdrant {
         &self,
         collection: &str,
     ) -> Result<QdrantCollectionFingerprint, DbError> {
-        let action = format!("fingerprint collection `{collection}` on Qdrant at {}", self.base);
+        let action = format!(
+            "fingerprint collection `{collection}` on Qdrant at {}",
+            self.base
+        );
         let nf = || Some(format!("collection `{collection}`"));
         let info = self
-            .call(Method::GET, &["collections", collection], &[], None, &action, nf())
+            .call(
+                Method::GET,
+                &["collections", collection],
+                &[],
+                None,
+                &action,
+                nf(),
+            )
             .await?;
         let (vectors, sparse_vectors) =
             parse_vectors(&info["config"]["params"]).map_err(|reason| DbError::Protocol {
@@ -990,7 +1049,12 @@ mod tests {
     fn urls() {
         let base = Url::parse("http://127.0.0.1:6333").unwrap();
         assert_eq!(
-            build_url(&base, &["collections", "a b/c", "snapshots"], &[("wait", "false")]).as_str(),
+            build_url(
+                &base,
+                &["collections", "a b/c", "snapshots"],
+                &[("wait", "false")]
+            )
+            .as_str(),
             "http://127.0.0.1:6333/collections/a%20b%2Fc/snapshots?wait=false"
         );
         let prefixed = Url::parse("http://host/qdrant/").unwrap();
@@ -1003,7 +1067,10 @@ mod tests {
             .as_str(),
             "http://host/qdrant/collections/AgentMemories/snapshots/upload?wait=true&priority=snapshot&checksum=ab"
         );
-        assert!(Qdrant::connect("https://x:6333", None).unwrap_err().to_string().contains("only http://"));
+        assert!(Qdrant::connect("https://x:6333", None)
+            .unwrap_err()
+            .to_string()
+            .contains("only http://"));
         assert!(Qdrant::connect("not a url", None).is_err());
         assert_eq!(
             redact(&Url::parse("http://u:p@h:1/x?api-key=s").unwrap()),
@@ -1022,10 +1089,13 @@ mod tests {
         assert_eq!(snaps[0].size, 1024);
         assert!(snaps[0].checksum.as_deref().is_some_and(is_sha256));
         // wait=false: accepted, no description.
-        let v: Value = serde_json::from_str(r#"{"result":null,"status":"accepted","time":0.0}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"result":null,"status":"accepted","time":0.0}"#).unwrap();
         assert!(serde_json::from_value::<SnapshotDescription>(result_of(v)).is_err());
         assert_eq!(
-            error_message(r#"{"status":{"error":"Not found: Collection `x` doesn't exist!"},"time":0.0}"#),
+            error_message(
+                r#"{"status":{"error":"Not found: Collection `x` doesn't exist!"},"time":0.0}"#
+            ),
             "Not found: Collection `x` doesn't exist!"
         );
         assert_eq!(error_message("plain text"), "plain text");
@@ -1039,9 +1109,16 @@ mod tests {
         )
         .unwrap();
         let (d, s) = parse_vectors(&named).unwrap();
-        assert_eq!(d["fast-all-minilm-l6-v2"], QdrantVector { size: 384, distance: "Cosine".into() });
+        assert_eq!(
+            d["fast-all-minilm-l6-v2"],
+            QdrantVector {
+                size: 384,
+                distance: "Cosine".into()
+            }
+        );
         assert!(s.contains("bm25"));
-        let unnamed: Value = serde_json::from_str(r#"{"vectors":{"size":4,"distance":"Dot"}}"#).unwrap();
+        let unnamed: Value =
+            serde_json::from_str(r#"{"vectors":{"size":4,"distance":"Dot"}}"#).unwrap();
         let (d, s) = parse_vectors(&unnamed).unwrap();
         assert_eq!(d[""].size, 4);
         assert!(s.is_empty());
@@ -1049,11 +1126,24 @@ mod tests {
 
     #[test]
     fn sample_checksum_ignores_key_order() {
-        let a: Value = serde_json::from_str(r#"[{"id":1,"payload":{"a":1,"b":[1,2]},"vector":{"v":[0.5]},"shard_key":null}]"#).unwrap();
-        let b: Value = serde_json::from_str(r#"[{"vector":{"v":[0.5]},"payload":{"b":[1,2],"a":1},"id":1}]"#).unwrap();
-        assert_eq!(sample_checksum(a.as_array().unwrap()), sample_checksum(b.as_array().unwrap()));
-        let c: Value = serde_json::from_str(r#"[{"id":1,"payload":{"a":2,"b":[1,2]},"vector":{"v":[0.5]}}]"#).unwrap();
-        assert_ne!(sample_checksum(a.as_array().unwrap()), sample_checksum(c.as_array().unwrap()));
+        let a: Value = serde_json::from_str(
+            r#"[{"id":1,"payload":{"a":1,"b":[1,2]},"vector":{"v":[0.5]},"shard_key":null}]"#,
+        )
+        .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"[{"vector":{"v":[0.5]},"payload":{"b":[1,2],"a":1},"id":1}]"#)
+                .unwrap();
+        assert_eq!(
+            sample_checksum(a.as_array().unwrap()),
+            sample_checksum(b.as_array().unwrap())
+        );
+        let c: Value =
+            serde_json::from_str(r#"[{"id":1,"payload":{"a":2,"b":[1,2]},"vector":{"v":[0.5]}}]"#)
+                .unwrap();
+        assert_ne!(
+            sample_checksum(a.as_array().unwrap()),
+            sample_checksum(c.as_array().unwrap())
+        );
     }
 
     #[tokio::test]
@@ -1061,9 +1151,14 @@ mod tests {
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             vec![Ok(Bytes::from_static(b"te")), Ok(Bytes::from_static(b"st"))];
         let mut sink: Vec<u8> = Vec::new();
-        let (n, sha) = copy_hashed(futures_util::stream::iter(chunks), &mut sink).await.unwrap();
+        let (n, sha) = copy_hashed(futures_util::stream::iter(chunks), &mut sink)
+            .await
+            .unwrap();
         assert_eq!((n, sink.as_slice()), (4, &b"test"[..]));
-        assert_eq!(sha, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        assert_eq!(
+            sha,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
         let listed = SnapshotDescription {
             name: "c.snapshot".into(),
             creation_time: None,
@@ -1078,11 +1173,16 @@ mod tests {
         let e = check_download(&wrong, n, &sha, "snapshot collection `c`").unwrap_err();
         assert!(matches!(e, DbError::Checksum { .. }));
         assert!(e.to_string().contains("c.snapshot"), "{e}");
-        let short = SnapshotDescription { size: 5, ..listed.clone() };
+        let short = SnapshotDescription {
+            size: 5,
+            ..listed.clone()
+        };
         assert!(check_download(&short, n, &sha, "x").is_err());
         // A stream that breaks off.
-        let broken: Vec<Result<Bytes, std::io::Error>> =
-            vec![Ok(Bytes::from_static(b"te")), Err(std::io::Error::other("reset"))];
+        let broken: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"te")),
+            Err(std::io::Error::other("reset")),
+        ];
         let mut sink: Vec<u8> = Vec::new();
         assert!(matches!(
             copy_hashed(futures_util::stream::iter(broken), &mut sink).await,
@@ -1096,7 +1196,10 @@ mod tests {
             points,
             vectors: BTreeMap::from([(
                 "fast-all-minilm-l6-v2".to_string(),
-                QdrantVector { size, distance: "Cosine".into() },
+                QdrantVector {
+                    size,
+                    distance: "Cosine".into(),
+                },
             )]),
             sparse_vectors: BTreeSet::new(),
             sample: sample.into(),

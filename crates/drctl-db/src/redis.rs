@@ -64,12 +64,21 @@ const FINGERPRINT_SCRIPT: &str = include_str!("redis_fingerprint.lua");
 const SAMPLE_TARGET: u32 = 2048;
 
 /// A Redis target reached through `docker exec redis-cli` in its container.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Redis {
     docker: DockerClient,
     container: String,
     password_env: Option<String>,
     password: Option<Secret>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("container", &self.container)
+            .field("password_env", &self.password_env)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options of [`Redis::backup`].
@@ -215,7 +224,11 @@ impl RedisFingerprint {
             |d| format!("redis database {d}"),
             |d, e, a| {
                 if e.keys != a.keys {
-                    inner.push(Mismatch::new(format!("redis database {d} keys"), e.keys, a.keys));
+                    inner.push(Mismatch::new(
+                        format!("redis database {d} keys"),
+                        e.keys,
+                        a.keys,
+                    ));
                 }
                 if e.expires != a.expires {
                     inner.push(Mismatch::new(
@@ -240,7 +253,9 @@ impl RedisFingerprint {
                         (x, y) => {
                             named = true;
                             let show = |s: Option<&RedisTypeSample>| match s {
-                                Some(s) => format!("{} keys, checksum {}", s.keys, short(&s.checksum)),
+                                Some(s) => {
+                                    format!("{} keys, checksum {}", s.keys, short(&s.checksum))
+                                }
                                 None => "none".to_string(),
                             };
                             inner.push(Mismatch::new(
@@ -310,11 +325,7 @@ pub(crate) fn parse_reply(text: &str) -> Reply {
         return Reply::Array(vec![]);
     }
     if array_item(t.lines().next().unwrap_or("")).is_some() {
-        let items = t
-            .lines()
-            .filter_map(array_item)
-            .map(parse_reply)
-            .collect();
+        let items = t.lines().filter_map(array_item).map(parse_reply).collect();
         return Reply::Array(items);
     }
     if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') && !t.contains('\n') {
@@ -526,17 +537,18 @@ impl Redis {
                 &self.container,
                 &argv,
                 &self.exec_opts(),
-                stdin.is_some().then_some(&mut input as &mut (dyn AsyncRead + Unpin + Send)),
+                stdin
+                    .is_some()
+                    .then_some(&mut input as &mut (dyn AsyncRead + Unpin + Send)),
                 &mut out,
                 &mut err,
             )
             .await?;
         let stdout = String::from_utf8_lossy(&out.buf).into_owned();
         let stderr = err.text();
-        let auth_line = stderr
-            .lines()
-            .chain(stdout.lines())
-            .find(|l| l.contains("NOAUTH") || l.contains("WRONGPASS") || l.contains("invalid password"));
+        let auth_line = stderr.lines().chain(stdout.lines()).find(|l| {
+            l.contains("NOAUTH") || l.contains("WRONGPASS") || l.contains("invalid password")
+        });
         if let Some(line) = auth_line {
             return Err(DbError::Auth {
                 action: action.to_string(),
@@ -559,7 +571,14 @@ impl Redis {
                 action: action.to_string(),
                 tool: "redis-cli".into(),
                 code,
-                output: tail_lines(if stderr.trim().is_empty() { &stdout } else { &stderr }, 10),
+                output: tail_lines(
+                    if stderr.trim().is_empty() {
+                        &stdout
+                    } else {
+                        &stderr
+                    },
+                    10,
+                ),
                 hint: String::new(),
             });
         }
@@ -606,7 +625,10 @@ impl Redis {
 
     /// `CONFIG GET *` and `INFO server`: where and how Redis persists.
     pub async fn persistence(&self) -> Result<RedisPersistence, DbError> {
-        let action = format!("read Redis's persistence settings in container `{}`", self.container);
+        let action = format!(
+            "read Redis's persistence settings in container `{}`",
+            self.container
+        );
         let reply = self.cli_ok(&["CONFIG", "GET", "*"], &action).await?;
         let Reply::Array(items) = reply else {
             return Err(DbError::Protocol {
@@ -637,7 +659,8 @@ impl Redis {
             appenddirname: get("appenddirname").filter(|s| !s.is_empty()),
             appendfilename: get("appendfilename").unwrap_or_else(|| "appendonly.aof".into()),
             databases: get("databases").and_then(|d| d.parse().ok()).unwrap_or(16),
-            stop_writes_on_bgsave_error: get("stop-writes-on-bgsave-error").as_deref() == Some("yes"),
+            stop_writes_on_bgsave_error: get("stop-writes-on-bgsave-error").as_deref()
+                == Some("yes"),
         })
     }
 
@@ -658,12 +681,19 @@ impl Redis {
     }
 
     /// Wait until no save or AOF rewrite runs (BGSAVE would be refused).
-    async fn wait_no_child(&self, timeout: Duration, action: &str) -> Result<HashMap<String, String>, DbError> {
+    async fn wait_no_child(
+        &self,
+        timeout: Duration,
+        action: &str,
+    ) -> Result<HashMap<String, String>, DbError> {
         let t0 = Instant::now();
         loop {
             let info = self.info("persistence", action).await?;
             let busy = |k: &str| info.get(k).is_some_and(|v| v != "0");
-            if !busy("rdb_bgsave_in_progress") && !busy("aof_rewrite_in_progress") && !busy("module_fork_in_progress") {
+            if !busy("rdb_bgsave_in_progress")
+                && !busy("aof_rewrite_in_progress")
+                && !busy("module_fork_in_progress")
+            {
                 return Ok(info);
             }
             if t0.elapsed() > timeout {
@@ -707,11 +737,14 @@ impl Redis {
         };
 
         let mut attempt = 0;
-        let (fingerprint, saved) = loop {
+        let fingerprint = loop {
             attempt += 1;
             self.wait_no_child(opts.save_timeout, &action).await?;
             let (fp, bgsave) = match &sha {
-                Some(sha) => self.paused_fingerprint_and_bgsave(sha, &p, opts, &action).await?,
+                Some(sha) => {
+                    self.paused_fingerprint_and_bgsave(sha, &p, opts, &action)
+                        .await?
+                }
                 None => {
                     let fp = if opts.fingerprint {
                         Some(self.fingerprint().await?)
@@ -722,7 +755,7 @@ impl Redis {
                 }
             };
             match bgsave {
-                Reply::Status(s) if s.contains("started") => break (fp, ()),
+                Reply::Status(s) if s.contains("started") => break fp,
                 Reply::Error(e)
                     if (e.contains("in progress") || e.contains("Another child process"))
                         && attempt < 5 =>
@@ -744,7 +777,6 @@ impl Redis {
                 }
             }
         };
-        let _ = saved;
 
         // Our fork runs; wait for it and check it succeeded.
         let deadline = Instant::now() + opts.save_timeout;
@@ -778,7 +810,14 @@ impl Redis {
         let mut err = TailBuf::new(16 << 10);
         let code = self
             .docker
-            .exec(&self.container, &["cat", "--", &path], &ExecOptions::default(), None, &mut tap, &mut err)
+            .exec(
+                &self.container,
+                &["cat", "--", &path],
+                &ExecOptions::default(),
+                None,
+                &mut tap,
+                &mut err,
+            )
             .await?;
         if code != 0 {
             return Err(DbError::Tool {
@@ -802,7 +841,10 @@ impl Redis {
         if rdb_version.is_none() {
             return Err(DbError::Protocol {
                 action,
-                reason: format!("`{path}` ({} bytes) does not start like an RDB file", tap.bytes),
+                reason: format!(
+                    "`{path}` ({} bytes) does not start like an RDB file",
+                    tap.bytes
+                ),
             });
         }
         Ok(RedisBackupReport {
@@ -867,7 +909,10 @@ impl Redis {
             .lines()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                l.contains("save") || l.contains("rdb") || l.contains("failed") || l.contains("error")
+                l.contains("save")
+                    || l.contains("rdb")
+                    || l.contains("failed")
+                    || l.contains("error")
             })
             .collect();
         let relevant = &relevant[relevant.len().saturating_sub(4)..];
@@ -876,7 +921,9 @@ impl Redis {
             p.dir
         );
         if p.stop_writes_on_bgsave_error {
-            reason.push_str(" (until a save succeeds, Redis refuses writes: stop-writes-on-bgsave-error)");
+            reason.push_str(
+                " (until a save succeeds, Redis refuses writes: stop-writes-on-bgsave-error)",
+            );
         }
         if !relevant.is_empty() {
             reason.push_str("; Redis logged:");
@@ -933,10 +980,21 @@ impl Redis {
         let staged = format!("{dir}/{}.rdb", crate::util::unique(".drctl-restore"));
         let helper = HelperContainer::start(&self.docker, &inspect, "redis").await?;
         let result = self
-            .restore_with(&helper.name, &p, &dir, &staged, &head[..got], input, opts, &action)
+            .restore_with(
+                &helper.name,
+                &p,
+                &dir,
+                &staged,
+                &head[..got],
+                input,
+                opts,
+                &action,
+            )
             .await;
         if result.is_err() {
-            let _ = self.helper_sh(&helper.name, UNSTAGE, &[&staged], None).await;
+            let _ = self
+                .helper_sh(&helper.name, UNSTAGE, &[&staged], None)
+                .await;
         }
         if let Err(e) = helper.remove().await {
             tracing::warn!("{e}");
@@ -971,7 +1029,9 @@ impl Redis {
                 tool: "cat".into(),
                 code,
                 output,
-                hint: format!("the RDB could not be written to `{dir}` (disk full?); nothing was changed"),
+                hint: format!(
+                    "the RDB could not be written to `{dir}` (disk full?); nothing was changed"
+                ),
             });
         }
         // 2. Check it.
@@ -1053,8 +1113,11 @@ impl Redis {
         }
         started?;
         // 4. Wait for it to load.
-        self.wait_loaded(Poll::new(opts.load_timeout, Duration::from_millis(250)), true)
-            .await?;
+        self.wait_loaded(
+            Poll::new(opts.load_timeout, Duration::from_millis(250)),
+            true,
+        )
+        .await?;
         let info = self.info("persistence", action).await?;
         if p.appendonly && info.get("aof_enabled").map(String::as_str) != Some("1") {
             return Err(DbError::Protocol {
@@ -1087,9 +1150,20 @@ impl Redis {
         let mut err = TailBuf::new(16 << 10);
         let code = self
             .docker
-            .exec(helper, &argv, &ExecOptions::default(), stdin, &mut out, &mut err)
+            .exec(
+                helper,
+                &argv,
+                &ExecOptions::default(),
+                stdin,
+                &mut out,
+                &mut err,
+            )
             .await?;
-        let text = if err.text().trim().is_empty() { out.tail(12) } else { err.tail(12) };
+        let text = if err.text().trim().is_empty() {
+            out.tail(12)
+        } else {
+            err.tail(12)
+        };
         Ok((code, text))
     }
 
@@ -1100,7 +1174,10 @@ impl Redis {
     }
 
     async fn wait_loaded(&self, poll: Poll, exited_is_fatal: bool) -> Result<(), DbError> {
-        let subject = format!("see Redis in container `{}` answer PING and finish loading", self.container);
+        let subject = format!(
+            "see Redis in container `{}` answer PING and finish loading",
+            self.container
+        );
         Ok(wait_for(&subject, poll, || self.probe(exited_is_fatal)).await?)
     }
 
@@ -1113,14 +1190,20 @@ impl Redis {
                 Ok(i) if i.get("loading").map(String::as_str) == Some("0") => Probe::Ready,
                 Ok(i) => Probe::waiting(format!(
                     "still loading the dataset ({}% done)",
-                    i.get("loading_loaded_perc").map(String::as_str).unwrap_or("?")
+                    i.get("loading_loaded_perc")
+                        .map(String::as_str)
+                        .unwrap_or("?")
                 )),
                 Err(e) => Probe::waiting(format!("still failing: {}", strip(&e))),
             },
-            Ok(Reply::Error(e)) => Probe::waiting(format!("still answering `{}`", one_line(&e, 100))),
+            Ok(Reply::Error(e)) => {
+                Probe::waiting(format!("still answering `{}`", one_line(&e, 100)))
+            }
             Ok(other) => Probe::waiting(format!("unexpected PING reply {other:?}")),
             Err(e @ (DbError::Auth { .. } | DbError::Credential { .. })) => Probe::Fatal(strip(&e)),
-            Err(DbError::Unavailable { reason, .. }) => Probe::waiting(format!("still failing: {reason}")),
+            Err(DbError::Unavailable { reason, .. }) => {
+                Probe::waiting(format!("still failing: {reason}"))
+            }
             Err(DbError::Docker(e)) => match running_state(&self.docker, &self.container).await {
                 Ok(None) => Probe::Fatal(format!("no container `{}`", self.container)),
                 Ok(Some((false, code, status))) => {
@@ -1145,7 +1228,9 @@ impl Redis {
 
 fn strip(e: &DbError) -> String {
     let m = e.to_string();
-    m.strip_prefix("failed to probe: ").unwrap_or(&m).to_string()
+    m.strip_prefix("failed to probe: ")
+        .unwrap_or(&m)
+        .to_string()
 }
 
 #[cfg(test)]

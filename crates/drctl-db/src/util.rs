@@ -4,7 +4,6 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
 
 use crate::DbError;
@@ -144,14 +143,13 @@ impl AsyncWrite for CappedBuf {
     }
 }
 
-/// Passes writes through, counting bytes, keeping the first `head` bytes (a file's magic)
-/// and, when asked, the SHA-256 of everything.
+/// Passes writes through, counting bytes and keeping the first `head` bytes (a file's
+/// magic).
 pub(crate) struct Tap<'a> {
     inner: &'a mut (dyn AsyncWrite + Unpin + Send),
     pub bytes: u64,
     pub head: Vec<u8>,
     head_cap: usize,
-    sha: Option<Sha256>,
 }
 
 impl<'a> Tap<'a> {
@@ -161,18 +159,7 @@ impl<'a> Tap<'a> {
             bytes: 0,
             head: Vec::new(),
             head_cap,
-            sha: None,
         }
-    }
-
-    pub fn hashing(mut self) -> Self {
-        self.sha = Some(Sha256::new());
-        self
-    }
-
-    /// The SHA-256 (hex) of what went through, when hashing.
-    pub fn sha256(&mut self) -> Option<String> {
-        self.sha.take().map(|s| hex::encode(s.finalize()))
     }
 }
 
@@ -190,9 +177,6 @@ impl AsyncWrite for Tap<'_> {
                 if this.head.len() < this.head_cap {
                     let take = (this.head_cap - this.head.len()).min(n);
                     this.head.extend_from_slice(&done[..take]);
-                }
-                if let Some(s) = this.sha.as_mut() {
-                    s.update(done);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -287,7 +271,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`DRCTL_DB_TEST_SURELY_UNSET_VAR`"), "{e}");
-        assert!(e.starts_with("failed to read the PostgreSQL password"), "{e}");
+        assert!(
+            e.starts_with("failed to read the PostgreSQL password"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -299,14 +286,10 @@ mod tests {
         c.write_all(b"abc").await.unwrap();
         assert!(c.write_all(b"de").await.is_err());
         let mut sink: Vec<u8> = Vec::new();
-        let mut tap = Tap::new(&mut sink, 3).hashing();
+        let mut tap = Tap::new(&mut sink, 3);
         tap.write_all(b"hello").await.unwrap();
         assert_eq!(tap.bytes, 5);
         assert_eq!(tap.head, b"hel");
-        assert_eq!(
-            tap.sha256().unwrap(),
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
         assert_eq!(sink, b"hello");
         assert_eq!(tail_lines("a\n\nb\nc\n", 2), "b\nc");
     }

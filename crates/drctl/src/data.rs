@@ -48,6 +48,16 @@ impl From<drctl_docker::DockerError> for DataError {
     }
 }
 
+impl From<drctl_db::DbError> for DataError {
+    fn from(e: drctl_db::DbError) -> Self {
+        let fatal = !e.is_retryable();
+        DataError {
+            message: e.to_string(),
+            fatal,
+        }
+    }
+}
+
 impl From<drctl_repo::RepoError> for DataError {
     fn from(e: drctl_repo::RepoError) -> Self {
         let fatal = e.is_damaged();
@@ -187,6 +197,53 @@ impl AsyncWrite for HashWrite {
     }
 }
 
+/// Run `produce` writing into a pipe whose other end is stored as an item. When either
+/// side fails, the item's error wins over the producer's (which then only saw its reader go
+/// away), except that a producer failure after a complete-looking upload is still an error:
+/// the set is abandoned, never finished with a truncated item.
+async fn pipe_item<T, F, Fut>(
+    w: &mut drctl_repo::SetWriter,
+    spec: ItemSpec,
+    produce: F,
+) -> Result<(ItemRecord, T)>
+where
+    F: FnOnce(tokio::io::DuplexStream) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, DataError>>,
+{
+    let (wr, rd) = tokio::io::duplex(4 << 20);
+    let producer = async move {
+        let r = produce(wr).await;
+        r
+    };
+    let (made, put) = tokio::join!(producer, w.put(spec, rd));
+    let rec = put?;
+    let out = made?;
+    Ok((rec, out))
+}
+
+/// Record one verification result.
+fn record(
+    results: &mut BTreeMap<String, Value>,
+    bad: &mut Vec<String>,
+    what: &str,
+    diff: Vec<String>,
+    ok_detail: Value,
+) {
+    if diff.is_empty() {
+        results.insert(what.to_string(), json!({"ok": true, "detail": ok_detail}));
+    } else {
+        bad.push(format!("{what}: {}", diff.join("; ")));
+        results.insert(what.to_string(), json!({"ok": false, "differences": diff}));
+    }
+}
+
+async fn pg_globals(
+    pg: &drctl_db::Postgres,
+    wr: &mut tokio::io::DuplexStream,
+) -> std::result::Result<u64, drctl_db::DbError> {
+    pg.dump_globals(wr).await
+}
+
 pub struct Data<'a> {
     pub docker: &'a DockerClient,
     pub repo: &'a Repository,
@@ -321,11 +378,71 @@ impl Data<'_> {
                         ));
                         taken += 1;
                     }
-                    other => {
-                        return Err(DataError::fatal(format!(
-                        "target `{name}` is a {} target; this build backs up volumes only so far",
-                        other.kind()
-                    )))
+                    Target::Postgres(t) => {
+                        let Some(container) = self.db_container(&t.service, skip_missing, name, progress).await? else { continue };
+                        let pg = drctl_db::Postgres::new(self.docker.clone(), container.clone(), t)?;
+                        let (rec, bytes) = pipe_item(&mut w, ItemSpec::new(format!("postgres/{name}/globals"), "postgres-globals", format!("roles of {container}")), |mut wr| async move {
+                            Ok::<_, DataError>(pg_globals(&pg, &mut wr).await?)
+                        })
+                        .await?;
+                        let _ = rec;
+                        let pg = drctl_db::Postgres::new(self.docker.clone(), container.clone(), t)?;
+                        progress(format!("{name}: roles, {bytes} bytes"));
+                        for db in pg.selected_databases().await? {
+                            let spec = ItemSpec::new(format!("postgres/{name}/{db}"), "postgres", format!("database {db} in {container}"));
+                            let pgr = &pg;
+                            let dbr = db.clone();
+                            let (rec, report) = pipe_item(&mut w, spec, |mut wr| async move {
+                                Ok::<_, DataError>(pgr.dump_database(&dbr, &mut wr, &drctl_db::PgDumpOptions { fingerprint: true }).await?)
+                            })
+                            .await?;
+                            if let Some(fp) = &report.fingerprint {
+                                w.set_fingerprint(&rec.name, serde_json::to_value(fp).expect("json"));
+                            }
+                            progress(format!("{name}: database {db}, {} bytes in {:.1}s", report.bytes, report.seconds));
+                        }
+                        taken += 1;
+                    }
+                    Target::Redis(t) => {
+                        let Some(container) = self.db_container(&t.service, skip_missing, name, progress).await? else { continue };
+                        let r = drctl_db::Redis::new(self.docker.clone(), container.clone(), t)?;
+                        let spec = ItemSpec::new(format!("redis/{name}"), "redis", format!("redis in {container}"));
+                        let rr = &r;
+                        let (rec, report) = pipe_item(&mut w, spec, |mut wr| async move {
+                            Ok::<_, DataError>(rr.backup(&mut wr, &drctl_db::RedisBackupOptions::default()).await?)
+                        })
+                        .await?;
+                        if let Some(fp) = &report.fingerprint {
+                            w.set_fingerprint(&rec.name, serde_json::to_value(fp).expect("json"));
+                        }
+                        progress(format!("{name}: RDB of Redis {}, {} bytes in {:.1}s", report.redis_version, report.bytes, report.seconds));
+                        taken += 1;
+                    }
+                    Target::Qdrant(t) => {
+                        let q = drctl_db::Qdrant::new(t)?;
+                        let collections = match q.selected_collections().await {
+                            Ok(c) => c,
+                            Err(e) if skip_missing && e.is_unreachable() => {
+                                progress(format!("{name}: Qdrant is not reachable ({e}); nothing to back up"));
+                                continue;
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        for c in collections {
+                            let fp = q.collection_fingerprint(&c).await?;
+                            let spec = ItemSpec::new(format!("qdrant/{name}/{c}"), "qdrant", format!("collection {c} at {}", t.url));
+                            let (qr, cr) = (&q, c.clone());
+                            let (rec, report) = pipe_item(&mut w, spec, |mut wr| async move {
+                                Ok::<_, DataError>(qr.snapshot_collection(&cr, &mut wr, &drctl_db::QdrantSnapshotOptions::default()).await?)
+                            })
+                            .await?;
+                            w.set_fingerprint(&rec.name, serde_json::json!({"collection": fp, "snapshot_sha256": report.sha256}));
+                            progress(format!("{name}: collection {c}, {} bytes in {:.1}s", report.bytes, report.seconds));
+                        }
+                        taken += 1;
+                    }
+                    Target::Path(_) => {
+                        return Err(DataError::fatal(format!("target `{name}` is a path target; back up the volume that holds the path instead (path targets are not supported yet)")));
                     }
                 }
             }
@@ -353,6 +470,25 @@ impl Data<'_> {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// The running container of a database service; `None` (with a note) when there is none
+    /// and missing sources are to be skipped (safety backups of a stack that is down).
+    async fn db_container(
+        &self,
+        service: &str,
+        skip_missing: bool,
+        name: &str,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> Result<Option<String>> {
+        match drctl_db::service_container(self.docker, self.project(), service).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if skip_missing => {
+                progress(format!("{name}: {e}; nothing to back up"));
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -453,10 +589,67 @@ impl Data<'_> {
                     ));
                     restored.push(name.clone());
                 }
-                other => {
+                Target::Postgres(t) => {
+                    let container =
+                        drctl_db::service_container(self.docker, self.project(), &t.service)
+                            .await?;
+                    let pg = drctl_db::Postgres::new(self.docker.clone(), container.clone(), t)?;
+                    let mut reader = self.repo.open_item(m, item).await?;
+                    let part = item.name.rsplit('/').next().unwrap_or_default();
+                    if item.kind == "postgres-globals" {
+                        pg.restore_globals(&mut reader).await?;
+                        progress(format!("{name}: roles restored"));
+                    } else {
+                        let r = pg
+                            .restore_database(
+                                part,
+                                &mut reader,
+                                &drctl_db::PgRestoreOptions::default(),
+                            )
+                            .await?;
+                        progress(format!(
+                            "{name}: database {part} restored, {} bytes in {:.1}s",
+                            r.bytes, r.seconds
+                        ));
+                    }
+                    if !restored.contains(name) {
+                        restored.push(name.clone());
+                    }
+                }
+                Target::Redis(t) => {
+                    let container =
+                        drctl_db::service_container(self.docker, self.project(), &t.service)
+                            .await?;
+                    let r = drctl_db::Redis::new(self.docker.clone(), container, t)?;
+                    let mut reader = self.repo.open_item(m, item).await?;
+                    let rep = r
+                        .restore(&mut reader, &drctl_db::RedisRestoreOptions::default())
+                        .await?;
+                    progress(format!("{name}: Redis restored in {:.1}s", rep.seconds));
+                    restored.push(name.clone());
+                }
+                Target::Qdrant(t) => {
+                    let q = drctl_db::Qdrant::new(t)?;
+                    let c = item.name.rsplit('/').next().unwrap_or_default();
+                    let sha = item
+                        .fingerprint
+                        .get("snapshot_sha256")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut reader = self.repo.open_item(m, item).await?;
+                    let rep = q.restore_collection(c, &mut reader, &sha).await?;
+                    progress(format!(
+                        "{name}: collection {c} restored, {} bytes in {:.1}s",
+                        rep.bytes, rep.seconds
+                    ));
+                    if !restored.contains(name) {
+                        restored.push(name.clone());
+                    }
+                }
+                Target::Path(_) => {
                     return Err(DataError::fatal(format!(
-                        "target `{name}` is a {} target; this build restores volumes only so far",
-                        other.kind()
+                        "target `{name}` is a path target; path targets are not supported yet"
                     )))
                 }
             }
@@ -512,10 +705,85 @@ impl Data<'_> {
                         results.insert(name.clone(), json!({"ok": false, "differences": diff}));
                     }
                 }
-                other => {
+                Target::Postgres(t) => {
+                    if item.kind == "postgres-globals" {
+                        continue;
+                    }
+                    let db = item.name.rsplit('/').next().unwrap_or_default().to_string();
+                    let container =
+                        drctl_db::service_container(self.docker, self.project(), &t.service)
+                            .await?;
+                    let pg = drctl_db::Postgres::new(self.docker.clone(), container, t)?;
+                    let then: drctl_db::PgDatabaseFingerprint =
+                        serde_json::from_value(item.fingerprint.clone()).map_err(|e| {
+                            DataError::fatal(format!(
+                                "backup set {} item {} has no database fingerprint: {e}",
+                                m.id, item.name
+                            ))
+                        })?;
+                    let now = pg.fingerprint_database(&db).await?;
+                    record(
+                        &mut results,
+                        &mut bad,
+                        &format!("{name}/{db}"),
+                        then.compare(&now).iter().map(|x| x.to_string()).collect(),
+                        json!({"tables": now.tables.len()}),
+                    );
+                }
+                Target::Redis(t) => {
+                    let container =
+                        drctl_db::service_container(self.docker, self.project(), &t.service)
+                            .await?;
+                    let r = drctl_db::Redis::new(self.docker.clone(), container, t)?;
+                    let then: drctl_db::RedisFingerprint =
+                        serde_json::from_value(item.fingerprint.clone()).map_err(|e| {
+                            DataError::fatal(format!(
+                                "backup set {} item {} has no Redis fingerprint: {e}",
+                                m.id, item.name
+                            ))
+                        })?;
+                    let now = r.fingerprint().await?;
+                    record(
+                        &mut results,
+                        &mut bad,
+                        name,
+                        then.compare(&now).iter().map(|x| x.to_string()).collect(),
+                        serde_json::to_value(&now).unwrap_or_default(),
+                    );
+                }
+                Target::Qdrant(t) => {
+                    let q = drctl_db::Qdrant::new(t)?;
+                    let c = item.name.rsplit('/').next().unwrap_or_default().to_string();
+                    let then: drctl_db::QdrantCollectionFingerprint = serde_json::from_value(
+                        item.fingerprint
+                            .get("collection")
+                            .cloned()
+                            .unwrap_or_default(),
+                    )
+                    .map_err(|e| {
+                        DataError::fatal(format!(
+                            "backup set {} item {} has no collection fingerprint: {e}",
+                            m.id, item.name
+                        ))
+                    })?;
+                    let now = q.collection_fingerprint(&c).await?;
+                    let thenf = drctl_db::QdrantFingerprint {
+                        collections: [(c.clone(), then)].into_iter().collect(),
+                    };
+                    let nowf = drctl_db::QdrantFingerprint {
+                        collections: [(c.clone(), now)].into_iter().collect(),
+                    };
+                    record(
+                        &mut results,
+                        &mut bad,
+                        &format!("{name}/{c}"),
+                        thenf.compare(&nowf).iter().map(|x| x.to_string()).collect(),
+                        json!({}),
+                    );
+                }
+                Target::Path(_) => {
                     return Err(DataError::fatal(format!(
-                        "target `{name}` is a {} target; this build verifies volumes only so far",
-                        other.kind()
+                        "target `{name}` is a path target; path targets are not supported yet"
                     )))
                 }
             }

@@ -361,9 +361,15 @@ impl Runner {
         let poll = Self::poll(step, interval);
         match check {
             Check::Docker(c) => {
-                let (names, missing) = self.containers_of(std::slice::from_ref(&c.service), &[]).await?;
+                let (names, missing) = self
+                    .containers_of(std::slice::from_ref(&c.service), &[])
+                    .await?;
                 if names.is_empty() {
-                    return Err(StepError::new(format!("service `{}` has no container to be healthy: {}", c.service, missing.join(", "))));
+                    return Err(StepError::new(format!(
+                        "service `{}` has no container to be healthy: {}",
+                        c.service,
+                        missing.join(", ")
+                    )));
                 }
                 for n in &names {
                     self.docker.wait_healthy(n, poll).await.map_err(err)?;
@@ -382,8 +388,14 @@ impl Runner {
             Check::Command(c) => {
                 let container = self.running_container(&c.service).await?;
                 let cmd: Vec<&str> = c.command.iter().map(String::as_str).collect();
-                self.docker.wait_exec(&container, &cmd, poll).await.map_err(err)?;
-                Ok(StepOutput::msg(format!("`{}` exits 0 in {container}", c.command.join(" "))))
+                self.docker
+                    .wait_exec(&container, &cmd, poll)
+                    .await
+                    .map_err(err)?;
+                Ok(StepOutput::msg(format!(
+                    "`{}` exits 0 in {container}",
+                    c.command.join(" ")
+                )))
             }
             Check::Postgres(c) => {
                 let container = self.running_container(&c.service).await?;
@@ -391,24 +403,49 @@ impl Runner {
                 // server can accept connections while still replaying WAL).
                 let db = c.database.clone().unwrap_or_else(|| "postgres".into());
                 let user = self.pg_user(&c.service);
-                let psql = format!("psql -X -q -At -v ON_ERROR_STOP=1 -U {} -d {}", sh_quote(&user), sh_quote(&db));
+                let psql = format!(
+                    "psql -X -q -At -v ON_ERROR_STOP=1 -U {} -d {}",
+                    sh_quote(&user),
+                    sh_quote(&db)
+                );
                 let mut script = format!("[ \"$({psql} -c 'select pg_is_in_recovery()')\" = f ]");
                 if let Some(q) = &c.query {
                     script.push_str(&format!(" && {psql} -c {} >/dev/null", sh_quote(q)));
                 }
-                self.docker.wait_exec(&container, &["sh", "-c", &script], poll).await.map_err(err)?;
-                Ok(StepOutput::msg(format!("PostgreSQL in {container} answers and is not in recovery")))
+                self.docker
+                    .wait_exec(&container, &["sh", "-c", &script], poll)
+                    .await
+                    .map_err(err)?;
+                Ok(StepOutput::msg(format!(
+                    "PostgreSQL in {container} answers and is not in recovery"
+                )))
             }
             Check::Redis(c) => {
                 let container = self.running_container(&c.service).await?;
                 let script = "[ \"$(redis-cli ping)\" = PONG ] && redis-cli info persistence | grep -q '^loading:0'";
-                self.docker.wait_exec(&container, &["sh", "-c", script], poll).await.map_err(err)?;
-                Ok(StepOutput::msg(format!("Redis in {container} answers PING and has loaded its data")))
+                self.docker
+                    .wait_exec(&container, &["sh", "-c", script], poll)
+                    .await
+                    .map_err(err)?;
+                Ok(StepOutput::msg(format!(
+                    "Redis in {container} answers PING and has loaded its data"
+                )))
             }
-            Check::Qdrant(c) => Err(StepError::fatal(format!(
-                "the Qdrant gate (target `{}`) needs the Qdrant adapter, which this build does not have yet",
-                c.target
-            ))),
+            Check::Qdrant(c) => {
+                let Some(drctl_core::config::Target::Qdrant(t)) =
+                    self.config.targets.get(&c.target)
+                else {
+                    return Err(StepError::fatal(format!(
+                        "no qdrant target `{}` in drctl.yml",
+                        c.target
+                    )));
+                };
+                let q = drctl_db::Qdrant::new(t).map_err(|e| StepError::fatal(e.to_string()))?;
+                q.wait_ready(&c.collections, poll)
+                    .await
+                    .map_err(|e| StepError::new(e.to_string()))?;
+                Ok(StepOutput::msg(format!("Qdrant at {} is ready", t.url)))
+            }
         }
     }
 
