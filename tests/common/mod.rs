@@ -63,7 +63,8 @@ pub fn skipped(suite: &str, reason: &str) {
             .append(true)
             .open(dir.join("skipped.txt"))
         {
-            let _ = writeln!(f, "{suite}: {reason}");
+            // One write per line: tests run in parallel.
+            let _ = f.write_all(format!("{suite}: {reason}\n").as_bytes());
         }
     }
 }

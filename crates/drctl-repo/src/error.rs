@@ -118,11 +118,7 @@ pub enum RepoError {
 
     /// The object needs more than 10,000 parts even with grown parts.
     #[error("failed to store object `{key}`: it is larger than the {limit} bytes that {parts} parts can hold; raise the part size")]
-    TooLarge {
-        key: String,
-        limit: u64,
-        parts: u32,
-    },
+    TooLarge { key: String, limit: u64, parts: u32 },
 
     /// A selection the repository cannot resolve itself.
     #[error("failed to resolve `{0}` in the repository: the executor resolves it from the run's journal")]
@@ -158,6 +154,14 @@ impl RepoError {
         )
     }
 
+    /// The encryption key is missing, unreadable or not the one that sealed the set.
+    pub fn is_key_problem(&self) -> bool {
+        matches!(
+            self,
+            RepoError::WrongKey { .. } | RepoError::MissingKey { .. } | RepoError::KeyLoad { .. }
+        )
+    }
+
     /// The stored data is damaged (missing, corrupt, truncated object).
     pub fn is_damaged(&self) -> bool {
         matches!(
@@ -171,7 +175,8 @@ impl RepoError {
 
     /// The `RepoError` inside an `io::Error` returned by an [`crate::ItemReader`], if any.
     pub fn from_io(e: &io::Error) -> Option<&RepoError> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<RepoError>())
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<RepoError>())
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {

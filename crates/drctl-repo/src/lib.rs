@@ -11,7 +11,7 @@
 //! use drctl_repo::{ItemSpec, Repository};
 //! let env = |k: &str| std::env::var(k).ok();
 //! let repo = Repository::open(cfg, &env)?;
-//! let mut set = repo.begin_set(&cfg.stack.project, vec!["nightly".into()]);
+//! let set = repo.begin_set(&cfg.stack.project, vec!["nightly".into()]);
 //! set.put(ItemSpec::new("volume/app-sessions", "volume", "volume app-sessions"), &b"..."[..])
 //!     .await?;
 //! let manifest = set.finish().await?;

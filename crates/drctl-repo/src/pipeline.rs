@@ -7,7 +7,8 @@
 //!
 //! - upload: 4 x 128-256 KiB of source chunks, plus at most `concurrency` parts (each part
 //!   holds a semaphore permit from the moment it starts filling until the store has it), so
-//!   at most `concurrency x part size` (64 MiB by default for S3, 4 MiB for a local folder);
+//!   at most `concurrency x part size` (64 MiB by default for S3, 4 MiB for a local folder),
+//!   plus zstd's workers (~6 MiB each with 1 MiB jobs);
 //! - download: 4 stored chunks in, 4 x 256 KiB of plaintext out.
 //!
 //! Nothing is ever spooled to disk.
@@ -65,7 +66,9 @@ pub(crate) async fn store<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
-    let concurrency = concurrency.max(1);
+    // At least 2: S3 holds the first part until it sees whether a second one follows
+    // (single PutObject or multipart), and the second needs a permit of its own.
+    let concurrency = concurrency.max(2);
     let (in_tx, in_rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let (part_tx, part_rx) = mpsc::channel::<ToStore>(concurrency);
     let sem = Arc::new(Semaphore::new(concurrency));
@@ -172,12 +175,20 @@ impl PartSink {
             .map_err(|_| closed())?;
         self.permit = Some(permit);
         self.target = self.plan.size_of(n);
+        if n > 1 {
+            // Past the first part the object is big: take the whole part at once rather
+            // than growing (and copying) the buffer.
+            self.buf = Vec::with_capacity(self.target);
+        }
         Ok(())
     }
 
     fn emit(&mut self) -> io::Result<()> {
         let data = Bytes::from(std::mem::take(&mut self.buf));
-        let permit = self.permit.take().expect("a part being filled holds a permit");
+        let permit = self
+            .permit
+            .take()
+            .expect("a part being filled holds a permit");
         self.parts += 1;
         self.tx
             .blocking_send(ToStore::Part(Part::with_permit(data, permit)))
@@ -253,7 +264,9 @@ fn encode_thread(
             // Tell the store to abandon the object. If it already stopped, its own error is
             // the one the caller sees.
             let _ = tx.blocking_send(ToStore::Failed(e));
-            Err(RepoError::Internal(format!("store `{key}`: the upload stopped")))
+            Err(RepoError::Internal(format!(
+                "store `{key}`: the upload stopped"
+            )))
         }
     }
 }
@@ -618,8 +631,7 @@ fn decode(
                     other => Stop::Decode(format!("decryption failed: {other}")),
                 })?;
             if exp.zstd {
-                let z = zstd::stream::read::Decoder::new(r)
-                    .map_err(|e| derr("zstd", e))?;
+                let z = zstd::stream::read::Decoder::new(r).map_err(|e| derr("zstd", e))?;
                 copy_out(z, tx, "decrypt and decompress")
             } else {
                 copy_out(r, tx, "decrypt")
@@ -633,7 +645,11 @@ fn decode(
     }
 }
 
-fn copy_out<R: Read>(mut r: R, tx: &mpsc::Sender<FromStore>, what: &str) -> std::result::Result<u64, Stop> {
+fn copy_out<R: Read>(
+    mut r: R,
+    tx: &mpsc::Sender<FromStore>,
+    what: &str,
+) -> std::result::Result<u64, Stop> {
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; OUT_CHUNK];

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ pub struct Options {
     /// S3 part size, at least 5 MiB (default 16 MiB). Grows past 2,000 parts when the size
     /// is unknown, to stay under S3's 10,000-part limit.
     pub part_size: usize,
-    /// Parts alive at once, being filled or uploading (default 4).
+    /// Parts alive at once per item, being filled or uploading (default 4, at least 2).
     pub concurrency: usize,
     /// zstd level (default 3); `None` stores data uncompressed.
     pub zstd_level: Option<i32>,
@@ -314,7 +314,7 @@ impl Repository {
             stack: project.to_string(),
             tags,
             started,
-            items: Vec::new(),
+            state: Mutex::new(WriterState::default()),
         }
     }
 
@@ -383,7 +383,9 @@ impl Repository {
         if !is_set_id(id) {
             return Err(RepoError::NoSetMatches {
                 selection: format!("set {id}"),
-                detail: "that is not a set id (like 20261122T031500Z-a1b2c3); run `drctl backups list`".into(),
+                detail:
+                    "that is not a set id (like 20261122T031500Z-a1b2c3); run `drctl backups list`"
+                        .into(),
             });
         }
         let key = self.manifest_key(id);
@@ -424,12 +426,14 @@ impl Repository {
             return Ok(m);
         }
         let cutoff = match sel {
-            Selection::Before(s) => Some(parse_before(s, now).map_err(|detail| {
-                RepoError::NoSetMatches {
-                    selection: selection.clone(),
-                    detail,
-                }
-            })?),
+            Selection::Before(s) => {
+                Some(
+                    parse_before(s, now).map_err(|detail| RepoError::NoSetMatches {
+                        selection: selection.clone(),
+                        detail,
+                    })?,
+                )
+            }
             _ => None,
         };
         let sets = self.list().await?;
@@ -522,18 +526,13 @@ impl Repository {
             }
             Some(_) => {}
         }
-        let stream = self
-            .inner
-            .backend
-            .get(&key)
-            .await
-            .map_err(|e| match e {
-                RepoError::ObjectMissing { .. } => RepoError::ObjectMissing {
-                    set: Some(m.id.clone()),
-                    key: item.key.clone(),
-                },
-                other => other,
-            })?;
+        let stream = self.inner.backend.get(&key).await.map_err(|e| match e {
+            RepoError::ObjectMissing { .. } => RepoError::ObjectMissing {
+                set: Some(m.id.clone()),
+                key: item.key.clone(),
+            },
+            other => other,
+        })?;
         let identity = match item.encryption {
             Encryption::None => None,
             Encryption::AgeX25519 => match &self.inner.key {
@@ -565,10 +564,7 @@ impl Repository {
                     .as_ref()
                     .map(|e| e.key_fingerprint.clone())
                     .unwrap_or_else(|| "an unrecorded key".into()),
-                our_key: self
-                    .key_fingerprint()
-                    .unwrap_or("none")
-                    .to_string(),
+                our_key: self.key_fingerprint().unwrap_or("none").to_string(),
             },
         ))
     }
@@ -639,7 +635,12 @@ impl Repository {
     /// see [`crate::retention`]); the newest complete set is always kept. Incomplete sets
     /// and unfinished uploads older than the grace period are removed too. With `dry_run`
     /// nothing is deleted; the plan says what would be.
-    pub async fn prune(&self, policy: &Retention, now: Timestamp, dry_run: bool) -> Result<PrunePlan> {
+    pub async fn prune(
+        &self,
+        policy: &Retention,
+        now: Timestamp,
+        dry_run: bool,
+    ) -> Result<PrunePlan> {
         let sets = self.list().await?;
         let grace = jiff::SignedDuration::try_from(self.inner.opts.incomplete_grace)
             .unwrap_or(jiff::SignedDuration::MAX);
@@ -709,9 +710,7 @@ impl Repository {
         let mut aborted = Vec::new();
         let b = &self.inner.backend;
         for p in b.list_pending(&self.sets_prefix()).await? {
-            let old = p
-                .started
-                .is_none_or(|t| now.duration_since(t) > grace);
+            let old = p.started.is_none_or(|t| now.duration_since(t) > grace);
             if old {
                 if !dry_run {
                     b.abort_pending(&p).await?;
@@ -768,7 +767,9 @@ fn unwrap_io(e: std::io::Error, set: &str, key: &str) -> RepoError {
     }
 }
 
-/// Writes one set: items first, the manifest last.
+/// Writes one set: items first, the manifest last. Items may be put concurrently (`put`
+/// takes `&self`); each put streams with its own memory budget (`concurrency x part
+/// size`), so parallel puts multiply it.
 #[must_use = "finish() the set, or abandon() it"]
 pub struct SetWriter {
     repo: Repository,
@@ -776,14 +777,29 @@ pub struct SetWriter {
     stack: String,
     tags: Vec<String>,
     started: Timestamp,
-    items: Vec<ItemRecord>,
+    state: Mutex<WriterState>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// Stored items, with their number (for the manifest's order).
+    items: Vec<(usize, ItemRecord)>,
+    /// Names being stored or stored.
+    names: Vec<String>,
+    next: usize,
+}
+
+impl SetWriter {
+    fn state(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl fmt::Debug for SetWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SetWriter")
             .field("id", &self.id)
-            .field("items", &self.items.len())
+            .field("items", &self.state().items.len())
             .finish_non_exhaustive()
     }
 }
@@ -793,22 +809,51 @@ impl SetWriter {
         &self.id
     }
 
-    pub fn items(&self) -> &[ItemRecord] {
-        &self.items
+    /// The items stored so far, in the order they were started.
+    pub fn items(&self) -> Vec<ItemRecord> {
+        let mut items = self.state().items.clone();
+        items.sort_by_key(|(n, _)| *n);
+        items.into_iter().map(|(_, i)| i).collect()
     }
 
     /// Stream one item into the set. On failure nothing of the item is left in the store
     /// (the upload is aborted); the set stays incomplete until `finish`.
-    pub async fn put<R>(&mut self, spec: ItemSpec, reader: R) -> Result<ItemRecord>
+    pub async fn put<R>(&self, spec: ItemSpec, reader: R) -> Result<ItemRecord>
     where
         R: AsyncRead + Unpin + Send,
     {
-        if spec.name.is_empty() || self.items.iter().any(|i| i.name == spec.name) {
-            return Err(RepoError::Internal(format!(
-                "add item `{}` to set {}: the name is empty or already used",
-                spec.name, self.id
-            )));
+        let number = {
+            let mut st = self.state();
+            if spec.name.is_empty() || st.names.contains(&spec.name) {
+                return Err(RepoError::Internal(format!(
+                    "add item `{}` to set {}: the name is empty or already used",
+                    spec.name, self.id
+                )));
+            }
+            st.names.push(spec.name.clone());
+            st.next += 1;
+            st.next
+        };
+        let name = spec.name.clone();
+        let result = self.store(number, spec, reader).await;
+        let mut st = self.state();
+        match result {
+            Ok(record) => {
+                st.items.push((number, record.clone()));
+                Ok(record)
+            }
+            Err(e) => {
+                // The name may be tried again.
+                st.names.retain(|n| *n != name);
+                Err(e)
+            }
         }
+    }
+
+    async fn store<R>(&self, number: usize, spec: ItemSpec, reader: R) -> Result<ItemRecord>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
         let inner = &self.repo.inner;
         let zstd = inner.opts.zstd_level.map(|l| (l, inner.opts.zstd_workers));
         let recipient = inner.key.as_ref().map(|k| k.recipient().clone());
@@ -820,7 +865,7 @@ impl SetWriter {
         let rel = format!(
             "{SETS_DIR}/{}/objects/{:03}-{}{}",
             self.id,
-            self.items.len() + 1,
+            number,
             safe_name(&spec.name),
             ext
         );
@@ -839,7 +884,7 @@ impl SetWriter {
             inner.opts.concurrency,
         )
         .await?;
-        let record = ItemRecord {
+        Ok(ItemRecord {
             name: spec.name,
             kind: spec.kind,
             source: spec.source,
@@ -858,15 +903,19 @@ impl SetWriter {
             },
             server_version: spec.server_version,
             fingerprint: spec.fingerprint,
-        };
-        self.items.push(record.clone());
-        Ok(record)
+        })
     }
 
     /// Set an item's fingerprint after its data was stored (a checksum computed while
     /// streaming); it goes into the manifest at `finish`.
-    pub fn set_fingerprint(&mut self, name: &str, fingerprint: serde_json::Value) -> bool {
-        match self.items.iter_mut().find(|i| i.name == name) {
+    pub fn set_fingerprint(&self, name: &str, fingerprint: serde_json::Value) -> bool {
+        match self
+            .state()
+            .items
+            .iter_mut()
+            .map(|(_, i)| i)
+            .find(|i| i.name == name)
+        {
             Some(i) => {
                 i.fingerprint = fingerprint;
                 true
@@ -883,6 +932,7 @@ impl SetWriter {
     /// `finish` with an explicit end time (imports, tests with synthetic times).
     pub async fn finish_at(self, finished: Timestamp) -> Result<Manifest> {
         let inner = &self.repo.inner;
+        let items = self.items();
         let m = Manifest {
             format: FORMAT_VERSION,
             stack: self.stack,
@@ -895,12 +945,16 @@ impl SetWriter {
                 scheme: AGE_SCHEME.to_string(),
                 key_fingerprint: k.fingerprint().to_string(),
             }),
-            items: self.items,
+            items,
         };
         let json = serde_json::to_vec_pretty(&m)
             .map_err(|e| RepoError::Internal(format!("serialize the manifest: {e}")))?;
-        backend::put_bytes(&*inner.backend, &self.repo.manifest_key(&m.id), Bytes::from(json))
-            .await?;
+        backend::put_bytes(
+            &*inner.backend,
+            &self.repo.manifest_key(&m.id),
+            Bytes::from(json),
+        )
+        .await?;
         Ok(m)
     }
 

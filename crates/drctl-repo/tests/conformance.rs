@@ -25,10 +25,21 @@ async fn conformance(b: Arc<dyn Backend>, root: &str) {
     b.check("").await.unwrap();
 
     // Small objects, overwrite, listing by prefix.
-    assert_eq!(put_bytes(&*b, &k("a/one"), Bytes::from_static(b"1")).await.unwrap(), 1);
-    put_bytes(&*b, &k("a/two"), Bytes::from_static(b"two")).await.unwrap();
-    put_bytes(&*b, &k("b/three"), Bytes::from_static(b"three")).await.unwrap();
-    put_bytes(&*b, &k("a/two"), Bytes::from_static(b"TWO!")).await.unwrap();
+    assert_eq!(
+        put_bytes(&*b, &k("a/one"), Bytes::from_static(b"1"))
+            .await
+            .unwrap(),
+        1
+    );
+    put_bytes(&*b, &k("a/two"), Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    put_bytes(&*b, &k("b/three"), Bytes::from_static(b"three"))
+        .await
+        .unwrap();
+    put_bytes(&*b, &k("a/two"), Bytes::from_static(b"TWO!"))
+        .await
+        .unwrap();
     assert_eq!(read_object(&*b, &k("a/two")).await, b"TWO!");
     assert_eq!(b.head(&k("a/two")).await.unwrap(), Some(4));
     let listed: Vec<(String, u64)> = b
@@ -65,7 +76,10 @@ async fn conformance(b: Arc<dyn Backend>, root: &str) {
         b.put(&k("multi"), Box::pin(stream)).await.unwrap(),
         expected.len() as u64
     );
-    assert_eq!(b.head(&k("multi")).await.unwrap(), Some(expected.len() as u64));
+    assert_eq!(
+        b.head(&k("multi")).await.unwrap(),
+        Some(expected.len() as u64)
+    );
     let got = read_object(&*b, &k("multi")).await;
     assert!(got == expected, "multipart object differs");
     // get streams in pieces, not one buffer.
@@ -79,7 +93,10 @@ async fn conformance(b: Arc<dyn Backend>, root: &str) {
         Err(RepoError::Internal("simulate a source failure".into())),
     ]);
     let err = b.put(&k("failed"), Box::pin(failing)).await.unwrap_err();
-    assert!(err.to_string().contains("simulate a source failure"), "{err}");
+    assert!(
+        err.to_string().contains("simulate a source failure"),
+        "{err}"
+    );
     assert_eq!(b.head(&k("failed")).await.unwrap(), None);
     assert!(b.list_pending(&k("")).await.unwrap().is_empty());
     // The same with a single part before the failure.
@@ -114,7 +131,10 @@ async fn local_folder_conformance() {
     // Temp files of a dead writer are listed as pending and removable.
     std::fs::create_dir_all(dir.path().join("repo/t/x")).unwrap();
     std::fs::write(dir.path().join("repo/t/x/.obj.tmp-abc"), b"partial").unwrap();
-    assert!(b.list("t/").await.unwrap().is_empty(), "temp files are not objects");
+    assert!(
+        b.list("t/").await.unwrap().is_empty(),
+        "temp files are not objects"
+    );
     let pending = b.list_pending("t/").await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].key, "t/x/obj");

@@ -11,7 +11,7 @@ use drctl_repo::backend::Backend;
 use drctl_repo::{ItemSpec, Key, Manifest, Options, RepoError, Repository};
 
 async fn make_set(repo: &Repository) -> Manifest {
-    let mut set = repo.begin_set("drctl-test", vec![]);
+    let set = repo.begin_set("drctl-test", vec![]);
     for (i, (name, size, content)) in [
         ("volume/data", 6 * MIB + 3, Content::Mixed),
         ("postgres/app", 300_000, Content::Text),
@@ -19,9 +19,12 @@ async fn make_set(repo: &Repository) -> Manifest {
     .into_iter()
     .enumerate()
     {
-        set.put(ItemSpec::new(name, "volume", "generated"), Gen::new(size, content, i as u64))
-            .await
-            .unwrap();
+        set.put(
+            ItemSpec::new(name, "volume", "generated"),
+            Gen::new(size, content, i as u64),
+        )
+        .await
+        .unwrap();
     }
     set.finish().await.unwrap()
 }
@@ -54,7 +57,10 @@ async fn verify_error(repo: &Repository, m: &Manifest, item: usize) -> String {
 
 fn names(msg: &str, m: &Manifest, item: usize, what: &str) {
     assert!(msg.contains(&m.id), "{what}: no set id in: {msg}");
-    assert!(msg.contains(&m.items[item].key), "{what}: no object key in: {msg}");
+    assert!(
+        msg.contains(&m.items[item].key),
+        "{what}: no object key in: {msg}"
+    );
 }
 
 async fn damage_suite(b: Arc<dyn Backend>, prefix: &str, key: Option<Key>, zstd: Option<i32>) {
@@ -127,7 +133,10 @@ async fn key_suite(b: Arc<dyn Backend>, prefix: &str) {
     let e = other.verify_set(&m.id).await.unwrap_err();
     assert!(matches!(e, RepoError::WrongKey { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&m.id) && msg.contains(key.fingerprint()), "{msg}");
+    assert!(
+        msg.contains(&m.id) && msg.contains(key.fingerprint()),
+        "{msg}"
+    );
     let r = restore_error(&other, &m, 0).await;
     names(&r, &m, 0, "wrong key");
     assert!(r.contains("sealed with key"), "{r}");
@@ -175,7 +184,13 @@ async fn s3_damage_is_caught() {
     let prefix = unique_prefix("damage");
     let b: Arc<dyn Backend> = env.backend();
     damage_suite(b.clone(), &format!("{prefix}/plain"), None, None).await;
-    damage_suite(b.clone(), &format!("{prefix}/both"), Some(new_key()), Some(3)).await;
+    damage_suite(
+        b.clone(),
+        &format!("{prefix}/both"),
+        Some(new_key()),
+        Some(3),
+    )
+    .await;
     key_suite(b.clone(), &format!("{prefix}/keys")).await;
     cleanup(&*b, &prefix).await;
 }
@@ -186,12 +201,21 @@ async fn key_sources() {
     let dir = tempfile::tempdir().unwrap();
     let secret = Key::generate();
     let file = dir.path().join("key.txt");
-    std::fs::write(&file, format!("# created: now\n# public key: x\n{secret}\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("# created: now\n# public key: x\n{secret}\n"),
+    )
+    .unwrap();
     let env = |_: &str| None;
     let k = Key::load(&KeySource::KeyFile("key.txt".into()), dir.path(), &env).unwrap();
     assert!(k.fingerprint().starts_with("age1"));
     let from_env = |v: &str| (v == "DRCTL_KEY").then(|| secret.clone());
-    let k2 = Key::load(&KeySource::KeyEnv("DRCTL_KEY".into()), dir.path(), &from_env).unwrap();
+    let k2 = Key::load(
+        &KeySource::KeyEnv("DRCTL_KEY".into()),
+        dir.path(),
+        &from_env,
+    )
+    .unwrap();
     assert_eq!(k.fingerprint(), k2.fingerprint());
     for (src, want) in [
         (KeySource::KeyFile("missing.txt".into()), "key file"),
@@ -203,6 +227,9 @@ async fn key_sources() {
     std::fs::write(&file, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
     let e = Key::load(&KeySource::KeyFile(file.clone()), dir.path(), &env).unwrap_err();
     assert!(e.to_string().contains("age X25519 identity"), "{e}");
-    assert!(!e.to_string().contains("NOTAKEY"), "the key text is never echoed: {e}");
+    assert!(
+        !e.to_string().contains("NOTAKEY"),
+        "the key text is never echoed: {e}"
+    );
     assert!(!format!("{k:?}").contains(&secret));
 }

@@ -58,7 +58,9 @@ fn kept(p: &Retention) -> Vec<(String, String)> {
 }
 
 fn table(rows: &[(&str, &str)]) -> Vec<(String, String)> {
-    rows.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    rows.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[test]
@@ -120,7 +122,10 @@ fn last_only_and_no_policy() {
     // Whatever the input order.
     let mut rev = sets();
     rev.reverse();
-    assert_eq!(apply(&rev, &policy(2, 3, 4, 3, 3)), apply(&sets(), &policy(2, 3, 4, 3, 3)));
+    assert_eq!(
+        apply(&rev, &policy(2, 3, 4, 3, 3)),
+        apply(&sets(), &policy(2, 3, 4, 3, 3))
+    );
 }
 
 /// The same through a real repository (local folder): sets written with synthetic start
@@ -137,8 +142,10 @@ async fn prune_a_local_repository() {
     let mut ids = std::collections::BTreeMap::new();
     for (name, t) in SETS {
         let started: Timestamp = t.parse().unwrap();
-        let mut set = repo.begin_set_at("app", vec![name.to_string()], started);
-        set.put(ItemSpec::new("x", "spec", "test"), name.as_bytes()).await.unwrap();
+        let set = repo.begin_set_at("app", vec![name.to_string()], started);
+        set.put(ItemSpec::new("x", "spec", "test"), name.as_bytes())
+            .await
+            .unwrap();
         let m = set
             .finish_at(started + jiff::SignedDuration::from_mins(5))
             .await
@@ -147,15 +154,26 @@ async fn prune_a_local_repository() {
     }
     let now: Timestamp = "2026-11-22T04:00:00Z".parse().unwrap();
     // Incomplete: one 3 hours old (a dead backup), one 10 minutes old (maybe running).
-    for (t, name) in [("2026-11-22T01:00:00Z", "dead"), ("2026-11-22T03:50:00Z", "running")] {
-        let mut set = repo.begin_set_at("app", vec![], t.parse().unwrap());
-        set.put(ItemSpec::new(name, "spec", "test"), &b"x"[..]).await.unwrap();
+    for (t, name) in [
+        ("2026-11-22T01:00:00Z", "dead"),
+        ("2026-11-22T03:50:00Z", "running"),
+    ] {
+        let set = repo.begin_set_at("app", vec![], t.parse().unwrap());
+        set.put(ItemSpec::new(name, "spec", "test"), &b"x"[..])
+            .await
+            .unwrap();
         ids.insert(set.id().to_string(), name.to_string());
     }
     // Another stack's set, older than everything: never touched.
-    let mut other = repo.begin_set_at("other", vec![], "2026-01-01T00:00:00Z".parse().unwrap());
-    other.put(ItemSpec::new("x", "spec", "test"), &b"x"[..]).await.unwrap();
-    let other = other.finish_at("2026-01-01T00:05:00Z".parse().unwrap()).await.unwrap();
+    let other = repo.begin_set_at("other", vec![], "2026-01-01T00:00:00Z".parse().unwrap());
+    other
+        .put(ItemSpec::new("x", "spec", "test"), &b"x"[..])
+        .await
+        .unwrap();
+    let other = other
+        .finish_at("2026-01-01T00:05:00Z".parse().unwrap())
+        .await
+        .unwrap();
     ids.insert(other.id.clone(), "other".into());
 
     let p = policy(2, 3, 4, 3, 3);
@@ -169,7 +187,10 @@ async fn prune_a_local_repository() {
     );
     assert_eq!(
         names(&plan.keep),
-        ["running", "s16", "s15", "s13", "s12", "s11", "s10", "s09", "s08", "s07", "s04", "other"]
+        [
+            "running", "s16", "s15", "s13", "s12", "s11", "s10", "s09", "s08", "s07", "s04",
+            "other"
+        ]
     );
     let reasons = |n: &str| {
         plan.keep
@@ -180,10 +201,22 @@ async fn prune_a_local_repository() {
             .reasons
             .join(",")
     };
-    assert!(reasons("running").contains("still be writing"), "{}", reasons("running"));
-    assert!(reasons("dead").contains("older than 1h"), "{}", reasons("dead"));
+    assert!(
+        reasons("running").contains("still be writing"),
+        "{}",
+        reasons("running")
+    );
+    assert!(
+        reasons("dead").contains("older than 1h"),
+        "{}",
+        reasons("dead")
+    );
     assert!(reasons("other").contains("another stack"));
-    assert_eq!(repo.list().await.unwrap().len(), ids.len(), "dry run deletes nothing");
+    assert_eq!(
+        repo.list().await.unwrap().len(),
+        ids.len(),
+        "dry run deletes nothing"
+    );
 
     let done = repo.prune(&p, now, false).await.unwrap();
     assert_eq!(names(&done.remove), names(&plan.remove));
@@ -196,7 +229,10 @@ async fn prune_a_local_repository() {
         .collect();
     assert_eq!(
         left,
-        ["other", "s04", "s07", "s08", "s09", "s10", "s11", "s12", "s13", "s15", "s16", "running"]
+        [
+            "other", "s04", "s07", "s08", "s09", "s10", "s11", "s12", "s13", "s15", "s16",
+            "running"
+        ]
     );
 
     // Selection on what is left.
@@ -208,7 +244,9 @@ async fn prune_a_local_repository() {
     assert_eq!(pick(Selection::Latest).await.unwrap(), "s16");
     assert_eq!(pick(Selection::Tag("s09".into())).await.unwrap(), "s09");
     assert_eq!(
-        pick(Selection::Before("2026-11-20T12:00:00Z".into())).await.unwrap(),
+        pick(Selection::Before("2026-11-20T12:00:00Z".into()))
+            .await
+            .unwrap(),
         "s11"
     );
     // 2h before 04:00 is 02:00: s14 is gone, s13 (01:00) is the newest before.
@@ -216,18 +254,29 @@ async fn prune_a_local_repository() {
     let e = pick(Selection::Tag("s14".into())).await.unwrap_err();
     assert!(matches!(e, RepoError::NoSetMatches { .. }), "{e}");
     assert!(e.to_string().contains("s14"), "{e}");
-    let e = pick(Selection::Before("2026-01-01T00:00:00Z".into())).await.unwrap_err();
-    assert!(e.to_string().contains("none of the 10 complete sets of stack app"), "{e}");
+    let e = pick(Selection::Before("2026-01-01T00:00:00Z".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("none of the 10 complete sets of stack app"),
+        "{e}"
+    );
     let e = pick(Selection::Step("safety".into())).await.unwrap_err();
     assert!(matches!(e, RepoError::Unsupported(_)), "{e}");
     let running_id = ids.iter().find(|(_, n)| *n == "running").unwrap().0.clone();
     let e = pick(Selection::Id(running_id)).await.unwrap_err();
     assert!(matches!(e, RepoError::SetIncomplete { .. }), "{e}");
-    let e = pick(Selection::Id("20200101T000000Z-abcdef".into())).await.unwrap_err();
+    let e = pick(Selection::Id("20200101T000000Z-abcdef".into()))
+        .await
+        .unwrap_err();
     assert!(matches!(e, RepoError::NoSetMatches { .. }), "{e}");
 
     // The newest complete set survives any policy.
-    let plan = repo.prune(&policy(0, 0, 0, 1, 0), now, false).await.unwrap();
+    let plan = repo
+        .prune(&policy(0, 0, 0, 1, 0), now, false)
+        .await
+        .unwrap();
     assert!(plan.keep.iter().any(|e| ids[&e.id] == "s16"));
     assert_eq!(pick(Selection::Latest).await.unwrap(), "s16");
 }

@@ -1,15 +1,14 @@
 //! Round trips through both backends: sizes around part boundaries, every combination of
-//! compression and encryption, and a few hundred MiB streamed from a generator.
+//! compression and encryption. (A few hundred MiB streamed from a generator: big_stream.rs.)
 
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::*;
 use drctl_core::runbook::Selection;
 use drctl_repo::backend::Backend;
-use drctl_repo::{Compression, Encryption, ItemSpec, Key, Options, Repository};
+use drctl_repo::{Compression, Encryption, ItemSpec, Key, Options};
 
 struct Case {
     name: &'static str,
@@ -19,10 +18,16 @@ struct Case {
 
 /// Store `cases` as one set, then read every item back and compare hashes; verify the
 /// set; with encryption, make sure no plaintext reached the store.
-async fn roundtrip_set(b: Arc<dyn Backend>, prefix: &str, key: Option<Key>, opts: Options, cases: &[Case]) {
+async fn roundtrip_set(
+    b: Arc<dyn Backend>,
+    prefix: &str,
+    key: Option<Key>,
+    opts: Options,
+    cases: &[Case],
+) {
     let zstd = opts.zstd_level;
     let repo = repo_on(b.clone(), prefix, key.clone(), opts);
-    let mut set = repo.begin_set("drctl-test", vec!["roundtrip".into()]);
+    let set = repo.begin_set("drctl-test", vec!["roundtrip".into()]);
     let mut inputs = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let gen = Gen::new(c.size, c.content, i as u64 + 1);
@@ -58,7 +63,10 @@ async fn roundtrip_set(b: Arc<dyn Backend>, prefix: &str, key: Option<Key>, opts
         inputs.push(sha);
     }
     // Not restorable before the manifest exists.
-    let err = repo.select(&Selection::Latest, jiff::Timestamp::now()).await.unwrap_err();
+    let err = repo
+        .select(&Selection::Latest, jiff::Timestamp::now())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no complete set"), "{err}");
     let id = set.id().to_string();
     let m = set.finish().await.unwrap();
@@ -67,7 +75,10 @@ async fn roundtrip_set(b: Arc<dyn Backend>, prefix: &str, key: Option<Key>, opts
         m.encryption.as_ref().map(|e| e.key_fingerprint.clone()),
         key.as_ref().map(|k| k.fingerprint().to_string())
     );
-    let picked = repo.select(&Selection::Latest, jiff::Timestamp::now()).await.unwrap();
+    let picked = repo
+        .select(&Selection::Latest, jiff::Timestamp::now())
+        .await
+        .unwrap();
     assert_eq!(picked, m);
     for (item, sha) in m.items.iter().zip(&inputs) {
         let r = repo.open_item(&m, item).await.unwrap();
@@ -98,12 +109,36 @@ async fn roundtrip_set(b: Arc<dyn Backend>, prefix: &str, key: Option<Key>, opts
 
 fn small_cases(part: u64) -> Vec<Case> {
     vec![
-        Case { name: "empty", size: 0, content: Content::Random },
-        Case { name: "one-byte", size: 1, content: Content::Random },
-        Case { name: "exactly-one-part", size: part, content: Content::Random },
-        Case { name: "one-part-plus-one", size: part + 1, content: Content::Random },
-        Case { name: "many-parts", size: 3 * part + 12345, content: Content::Mixed },
-        Case { name: "text", size: 3 * MIB, content: Content::Text },
+        Case {
+            name: "empty",
+            size: 0,
+            content: Content::Random,
+        },
+        Case {
+            name: "one-byte",
+            size: 1,
+            content: Content::Random,
+        },
+        Case {
+            name: "exactly-one-part",
+            size: part,
+            content: Content::Random,
+        },
+        Case {
+            name: "one-part-plus-one",
+            size: part + 1,
+            content: Content::Random,
+        },
+        Case {
+            name: "many-parts",
+            size: 3 * part + 12345,
+            content: Content::Mixed,
+        },
+        Case {
+            name: "text",
+            size: 3 * MIB,
+            content: Content::Text,
+        },
     ]
 }
 
@@ -141,79 +176,86 @@ async fn s3_roundtrips() {
     cleanup(&*b, &prefix).await;
 }
 
-/// How big the large stream is (MiB); `DRCTL_TEST_BIG_MIB` overrides.
-fn big_size() -> u64 {
-    std::env::var("DRCTL_TEST_BIG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
-        * MIB
-}
-
-/// A large mixed stream with the production defaults (zstd 3, encrypted, 16 MiB parts),
-/// streamed from a generator; prints the throughput both ways.
-async fn big_stream(b: Arc<dyn Backend>, prefix: &str, what: &str) {
-    let size = big_size();
-    let key = new_key();
-    // Knobs for measuring: DRCTL_TEST_BIG_CONTENT=random|text|mixed, DRCTL_TEST_ZSTD_WORKERS.
-    let content = match std::env::var("DRCTL_TEST_BIG_CONTENT").as_deref() {
-        Ok("random") => Content::Random,
-        Ok("text") => Content::Text,
-        _ => Content::Mixed,
-    };
-    let opts = Options {
-        zstd_workers: std::env::var("DRCTL_TEST_ZSTD_WORKERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        ..Options::default()
-    };
-    let repo = Repository::from_backend(b.clone(), prefix, Some(key), opts);
-    let mut set = repo.begin_set("drctl-test", vec![]);
-    let gen = Gen::new(size, content, 42);
-    let digest = gen.digest.clone();
-    let mut spec = ItemSpec::new("big", "volume", "generated");
-    spec.size_hint = Some(size);
-    let t = Instant::now();
-    let rec = set.put(spec, gen).await.unwrap();
-    let up = t.elapsed().as_secs_f64();
-    let m = set.finish().await.unwrap();
-    let t = Instant::now();
-    let (n, sha) = hash_reader(repo.open_item(&m, &rec).await.unwrap())
+/// Items of one set stored concurrently; names are unique; a failed name can be retried.
+async fn parallel_puts(b: Arc<dyn Backend>, prefix: &str, opts: Options) {
+    let repo = repo_on(b, prefix, Some(new_key()), opts);
+    let set = repo.begin_set("drctl-test", vec![]);
+    let gens: Vec<Gen> = (0..3)
+        .map(|i| Gen::new(7 * MIB + i, Content::Random, i))
+        .collect();
+    let digests: Vec<_> = gens.iter().map(|g| g.digest.clone()).collect();
+    let puts = gens.into_iter().enumerate().map(|(i, g)| {
+        let set = &set;
+        async move {
+            set.put(ItemSpec::new(format!("item-{i}"), "volume", "gen"), g)
+                .await
+        }
+    });
+    let records = futures_util::future::join_all(puts).await;
+    assert!(records.iter().all(|r| r.is_ok()), "{records:?}");
+    let dup = set
+        .put(ItemSpec::new("item-1", "volume", "gen"), &b"x"[..])
+        .await;
+    assert!(dup.unwrap_err().to_string().contains("already used"));
+    struct Failing;
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("disk on fire")))
+        }
+    }
+    let e = set
+        .put(ItemSpec::new("retry", "volume", "gen"), Failing)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("failed to read the data of item `retry`: disk on fire"),
+        "{e}"
+    );
+    set.put(ItemSpec::new("retry", "volume", "gen"), &b"ok"[..])
         .await
         .unwrap();
-    let down = t.elapsed().as_secs_f64();
-    let (n_in, sha_in) = digest.lock().unwrap().clone().unwrap();
-    assert_eq!((n, &sha), (n_in, &sha_in));
-    let mb = size as f64 / 1e6;
-    eprintln!(
-        "{what}: {} MiB {content:?} (stored {} MiB): up {:.1}s = {:.0} MB/s, down+verify {:.1}s = {:.0} MB/s",
-        size / MIB,
-        rec.stored_size / MIB,
-        up,
-        mb / up,
-        down,
-        mb / down
-    );
+    let m = set.finish().await.unwrap();
+    let names: Vec<&str> = m.items.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["item-0", "item-1", "item-2", "retry"]);
+    for (item, d) in m.items.iter().zip(&digests) {
+        let out = hash_reader(repo.open_item(&m, item).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(Some(out), d.lock().unwrap().clone());
+    }
+    assert!(repo.verify_set(&m.id).await.unwrap().ok());
     repo.delete_set(&m.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_big_stream() {
+async fn local_parallel_puts() {
     let dir = tempfile::tempdir().unwrap();
     let b = Arc::new(drctl_repo::LocalBackend::new(dir.path()));
-    big_stream(b, "", "local folder").await;
+    parallel_puts(b, "", test_opts()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_big_stream() {
-    let Some(env) = s3_env("drctl-repo s3 big stream") else {
+async fn s3_parallel_puts_and_minimal_concurrency() {
+    let Some(env) = s3_env("drctl-repo s3 parallel puts") else {
         return;
     };
-    let prefix = unique_prefix("big");
-    let mut s = env.settings();
-    s.part_size = Options::default().part_size;
-    let b = Arc::new(drctl_repo::S3Backend::new(s).unwrap());
-    big_stream(b.clone(), &prefix, "garage S3").await;
+    let prefix = unique_prefix("parallel");
+    let b = env.backend();
+    parallel_puts(b.clone(), &prefix, test_opts()).await;
+    // concurrency 1 is raised to 2: S3 holds part 1 while part 2 fills (no deadlock).
+    let opts = Options {
+        concurrency: 1,
+        ..test_opts()
+    };
+    let c1 = format!("{prefix}/c1");
+    let run = parallel_puts(b.clone(), &c1, opts);
+    tokio::time::timeout(std::time::Duration::from_secs(300), run)
+        .await
+        .expect("no deadlock with concurrency 1");
     cleanup(&*b, &prefix).await;
 }

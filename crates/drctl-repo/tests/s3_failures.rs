@@ -13,14 +13,20 @@ use drctl_repo::backend::Backend;
 use drctl_repo::{ItemSpec, Options, RepoError, Repository, S3Backend, S3Settings};
 
 fn repo(s: S3Settings, prefix: &str) -> Repository {
-    Repository::from_backend(Arc::new(S3Backend::new(s).unwrap()), prefix, None, test_opts())
+    Repository::from_backend(
+        Arc::new(S3Backend::new(s).unwrap()),
+        prefix,
+        None,
+        test_opts(),
+    )
 }
 
 /// A backup of one small item: the operations a `drctl backup` starts with.
 async fn try_backup(r: &Repository) -> Result<(), RepoError> {
     r.check().await?;
-    let mut set = r.begin_set("drctl-test", vec![]);
-    set.put(ItemSpec::new("x", "volume", "test"), &b"data"[..]).await?;
+    let set = r.begin_set("drctl-test", vec![]);
+    set.put(ItemSpec::new("x", "volume", "test"), &b"data"[..])
+        .await?;
     set.finish().await?;
     Ok(())
 }
@@ -39,7 +45,10 @@ async fn missing_bucket_bad_credentials_unreachable() {
     assert!(matches!(e, RepoError::MissingBucket { .. }), "{e}");
     assert!(e.is_unavailable());
     let msg = e.to_string();
-    assert!(msg.contains(&s.bucket) && msg.contains(&env.endpoint), "{msg}");
+    assert!(
+        msg.contains(&s.bucket) && msg.contains(&env.endpoint),
+        "{msg}"
+    );
     eprintln!("missing bucket: {msg}");
 
     // A wrong secret, then an unknown key id.
@@ -55,7 +64,10 @@ async fn missing_bucket_bad_credentials_unreachable() {
     assert!(matches!(e, RepoError::BadCredentials { .. }), "{e}");
     assert!(e.is_unavailable());
     let msg = e.to_string();
-    assert!(msg.contains(&env.endpoint) && msg.contains(&env.bucket), "{msg}");
+    assert!(
+        msg.contains(&env.endpoint) && msg.contains(&env.bucket),
+        "{msg}"
+    );
     assert!(!msg.contains("not-the-secret") && !format!("{e:?}").contains("not-the-secret"));
     eprintln!("wrong secret: {msg}");
     let mut s = env.settings();
@@ -73,7 +85,11 @@ async fn missing_bucket_bad_credentials_unreachable() {
     assert!(matches!(e, RepoError::Unreachable { .. }), "{e}");
     assert!(e.is_unavailable());
     assert!(e.to_string().contains("http://127.0.0.1:9"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(30), "gave up in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "gave up in {:?}",
+        t.elapsed()
+    );
     eprintln!("unreachable: {e}");
 
     // Missing credentials, from drctl.yml's point of view.
@@ -140,7 +156,7 @@ async fn server_killed_mid_upload() {
     };
     let repo = Repository::from_backend(b.clone(), "drctl", None, opts);
 
-    let mut set = repo.begin_set("drctl-test", vec![]);
+    let set = repo.begin_set("drctl-test", vec![]);
     set.put(ItemSpec::new("small", "spec", "test"), &b"spec"[..])
         .await
         .unwrap();
@@ -159,19 +175,30 @@ async fn server_killed_mid_upload() {
 
     g.restart();
     // The upload could not be aborted while the server was down: it is still there...
-    assert!(pending(&b).await >= 1, "expected the orphan multipart upload");
+    assert!(
+        pending(&b).await >= 1,
+        "expected the orphan multipart upload"
+    );
     // ...the set is incomplete and never selected...
     let sets = repo.list().await.unwrap();
     assert_eq!(sets.len(), 1);
     assert!(!sets[0].complete);
-    let e = repo.select(&Selection::Latest, jiff::Timestamp::now()).await.unwrap_err();
+    let e = repo
+        .select(&Selection::Latest, jiff::Timestamp::now())
+        .await
+        .unwrap_err();
     assert!(matches!(e, RepoError::NoSetMatches { .. }), "{e}");
     // ...the next backup succeeds...
-    let mut set = repo.begin_set("drctl-test", vec![]);
-    set.put(big_item(), Gen::new(12 * MIB, Content::Random, 8)).await.unwrap();
+    let set = repo.begin_set("drctl-test", vec![]);
+    set.put(big_item(), Gen::new(12 * MIB, Content::Random, 8))
+        .await
+        .unwrap();
     let good = set.finish().await.unwrap();
     // ...and prune removes the orphan upload and the incomplete set.
-    let plan = repo.prune(&Default::default(), jiff::Timestamp::now(), false).await.unwrap();
+    let plan = repo
+        .prune(&Default::default(), jiff::Timestamp::now(), false)
+        .await
+        .unwrap();
     assert_eq!(plan.aborted_uploads.len(), 1, "{plan:?}");
     assert_eq!(plan.remove.len(), 1);
     assert!(!plan.remove[0].complete);
@@ -211,7 +238,7 @@ async fn server_frozen_mid_upload_then_back() {
                 .status();
         });
     });
-    let mut set = repo.begin_set("drctl-test", vec![]);
+    let set = repo.begin_set("drctl-test", vec![]);
     let t = std::time::Instant::now();
     let e = set.put(big_item(), gen).await.unwrap_err();
     eprintln!("server frozen: {e} (after {:?})", t.elapsed());
@@ -221,8 +248,10 @@ async fn server_frozen_mid_upload_then_back() {
     assert_eq!(pending(&b).await, 0);
     assert!(repo.list().await.unwrap().is_empty());
     // The next backup succeeds.
-    let mut set = repo.begin_set("drctl-test", vec![]);
-    set.put(big_item(), Gen::new(12 * MIB, Content::Random, 10)).await.unwrap();
+    let set = repo.begin_set("drctl-test", vec![]);
+    set.put(big_item(), Gen::new(12 * MIB, Content::Random, 10))
+        .await
+        .unwrap();
     let m = set.finish().await.unwrap();
     assert!(repo.verify_set(&m.id).await.unwrap().ok());
 }

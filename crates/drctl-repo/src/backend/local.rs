@@ -150,7 +150,10 @@ impl Backend for LocalBackend {
             .map_err(|e| RepoError::io(format!("create folder {}", dir.display()), e))?;
         let mut rnd = [0u8; 6];
         getrandom::fill(&mut rnd).expect("the OS random source works");
-        let name = path.file_name().expect("a key has a name").to_string_lossy();
+        let name = path
+            .file_name()
+            .expect("a key has a name")
+            .to_string_lossy();
         let tmp = dir.join(format!(".{name}{TMP_MARK}{}", hex::encode(rnd)));
         let mut guard = TmpGuard(Some(tmp.clone()));
         let write_err = |e| RepoError::io(format!("write {}", tmp.display()), e);
@@ -169,9 +172,9 @@ impl Backend for LocalBackend {
         file.flush().await.map_err(write_err)?;
         file.sync_all().await.map_err(write_err)?;
         drop(file);
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| RepoError::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+            RepoError::io(format!("rename {} to {}", tmp.display(), path.display()), e)
+        })?;
         guard.0 = None;
         let d = dir.clone();
         tokio::task::spawn_blocking(move || fsync_dir(&d))
@@ -288,7 +291,9 @@ impl Backend for LocalBackend {
             )
         })?;
         // Writable? A probe file, written and removed.
-        let probe = self.root.join(format!(".drctl-probe{TMP_MARK}{}", std::process::id()));
+        let probe = self
+            .root
+            .join(format!(".drctl-probe{TMP_MARK}{}", std::process::id()));
         tokio::fs::write(&probe, b"probe").await.map_err(|e| {
             RepoError::io(
                 format!("write to the repository folder {}", self.root.display()),

@@ -6,8 +6,8 @@
 //!
 //! No aws-config: the client is built from `drctl.yml` and the standard AWS variables
 //! directly, which keeps the dependency tree to one HTTP stack and means nothing reads
-//! `AWS_CA_BUNDLE` or profiles behind our back (plain-http endpoints work whatever the
-//! environment says about TLS).
+//! profiles behind our back. `AWS_CA_BUNDLE` is honoured for https endpoints only (MinIO
+//! with its own CA); plain-http endpoints work whatever the environment says about TLS.
 
 use std::fmt;
 use std::path::Path;
@@ -20,7 +20,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -30,7 +30,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use jiff::Timestamp;
 
-use super::{check_key, Backend, ByteStream, ObjectInfo, Part, PartPlan, PartStream, PendingUpload};
+use super::{
+    check_key, Backend, ByteStream, ObjectInfo, Part, PartPlan, PartStream, PendingUpload,
+};
 use crate::error::{RepoError, Result};
 
 /// S3's smallest part (all but the last).
@@ -62,6 +64,8 @@ pub struct S3Settings {
     /// How long to keep trying to abort a failed multipart upload (the server may be back
     /// after a blip); what is still left then is removed by prune.
     pub abort_retry_for: Duration,
+    /// Extra CA certificates (PEM) for an https endpoint, from `AWS_CA_BUNDLE`.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for S3Settings {
@@ -94,6 +98,7 @@ impl S3Settings {
             attempt_timeout: Duration::from_secs(300),
             max_attempts: 3,
             abort_retry_for: Duration::from_secs(30),
+            ca_bundle: None,
         }
     }
 
@@ -167,7 +172,19 @@ impl S3Settings {
                 }
             },
         };
-        Ok(S3Settings::new(endpoint, region, bucket, credentials))
+        let ca_bundle = match (&endpoint, nonempty(env("AWS_CA_BUNDLE"))) {
+            (Some(e), Some(file)) if e.starts_with("https://") => {
+                Some(std::fs::read(&file).map_err(|err| {
+                    RepoError::Config(format!(
+                        "AWS_CA_BUNDLE names {file}, which cannot be read ({err}); fix or unset it"
+                    ))
+                })?)
+            }
+            _ => None,
+        };
+        let mut s = S3Settings::new(endpoint, region, bucket, credentials);
+        s.ca_bundle = ca_bundle;
+        Ok(s)
     }
 }
 
@@ -244,6 +261,20 @@ impl S3Backend {
         if let Some(e) = &s.endpoint {
             b = b.endpoint_url(e.clone());
         }
+        if let Some(pem) = &s.ca_bundle {
+            use aws_smithy_http_client::tls;
+            let ctx = tls::TlsContext::builder()
+                .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem.clone()))
+                .build()
+                .map_err(|e| RepoError::Config(format!("the CA bundle is not usable: {e}")))?;
+            let client = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(ctx)
+                .build_https();
+            b = b.http_client(client);
+        }
         Ok(S3Backend {
             client: Client::from_conf(b.build()),
             endpoint: s
@@ -300,8 +331,12 @@ impl S3Backend {
         match code.as_deref() {
             Some("NoSuchBucket") => return RepoError::MissingBucket { endpoint, bucket },
             Some(
-                "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken"
-                | "ExpiredToken" | "InvalidSignature",
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "AccessDenied"
+                | "InvalidToken"
+                | "ExpiredToken"
+                | "InvalidSignature",
             ) => {
                 return RepoError::BadCredentials {
                     endpoint,
@@ -348,7 +383,13 @@ impl S3Backend {
         Ok(len)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, n: u32, part: Part) -> Result<CompletedPart> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        n: u32,
+        part: Part,
+    ) -> Result<CompletedPart> {
         let len = part.data.len() as i64;
         let out = self
             .client
@@ -440,7 +481,9 @@ impl S3Backend {
                         }
                     }
                     if tokio::time::Instant::now() + delay > deadline {
-                        return Err(self.classify("abort the upload of", Some(key), e).to_string());
+                        return Err(self
+                            .classify("abort the upload of", Some(key), e)
+                            .to_string());
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(4));
@@ -529,11 +572,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// An error's causes on one line, without the SDK's repetition.
+/// An error and its causes on one line ("dispatch failure: io error: ...: Connection
+/// refused (os error 111)"), without the SDK's Debug dumps.
 fn short_chain(err: &dyn std::error::Error) -> String {
-    let full = DisplayErrorContext(err).to_string();
-    // "dispatch failure: io error: ...: Connection refused (os error 111)" is what helps.
-    full.replace('\n', " ")
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 fn ts(d: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<Timestamp> {
@@ -751,5 +802,47 @@ mod tests {
         assert!(!shown.contains("VERYSECRET"), "{shown}");
         let b = S3Backend::new(s).unwrap();
         assert!(!format!("{b:?}").contains("VERYSECRET"));
+        // A known size picks parts that fit it in 9,000 parts.
+        let tib = 1u64 << 40;
+        let p = b.part_plan(Some(tib));
+        assert_eq!(p.size, 117 << 20);
+        assert!(p.capacity() >= tib);
+        assert_eq!(b.part_plan(Some(1 << 30)).size, DEFAULT_PART);
+        assert!(b.part_plan(None).capacity() > 900 * (1 << 30));
+    }
+
+    #[test]
+    fn ca_bundle_only_for_https() {
+        let dir = std::env::temp_dir().join(format!("drctl-ca-{}", std::process::id()));
+        std::fs::write(&dir, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca = dir.display().to_string();
+        let env = |k: &str| match k {
+            "AWS_CA_BUNDLE" => Some(ca.clone()),
+            "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => Some("x".into()),
+            _ => None,
+        };
+        let repo = |endpoint: &str| drctl_core::config::Repository {
+            url: "s3://b/p".into(),
+            endpoint: Some(endpoint.into()),
+            region: None,
+            credentials_file: None,
+            encryption: None,
+        };
+        let base = Path::new(".");
+        let s = S3Settings::from_config(&repo("http://127.0.0.1:9000"), "b", base, &env).unwrap();
+        assert!(s.ca_bundle.is_none());
+        assert_eq!(s.region, "us-east-1");
+        let s = S3Settings::from_config(&repo("https://minio:9000"), "b", base, &env).unwrap();
+        assert!(s.ca_bundle.is_some());
+        let missing = |k: &str| match k {
+            "AWS_CA_BUNDLE" => Some("/nonexistent/ca.pem".into()),
+            _ => env(k),
+        };
+        let e =
+            S3Settings::from_config(&repo("https://minio:9000"), "b", base, &missing).unwrap_err();
+        assert!(e.to_string().contains("AWS_CA_BUNDLE"), "{e}");
+        let e = S3Settings::from_config(&repo("minio:9000"), "b", base, &env).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        std::fs::remove_file(&dir).unwrap();
     }
 }

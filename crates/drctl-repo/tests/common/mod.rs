@@ -30,7 +30,8 @@ pub fn skipped(suite: &str, reason: &str) {
         .append(true)
         .open(&file)
     {
-        let _ = writeln!(f, "{suite}: {reason}");
+        // One write call: O_APPEND keeps lines from parallel tests whole.
+        let _ = f.write_all(format!("{suite}: {reason}\n").as_bytes());
     }
 }
 
@@ -68,7 +69,8 @@ pub fn s3_env(suite: &str) -> Option<S3Env> {
             region: var("DRCTL_S3_REGION")
                 .or_else(|| var("AWS_REGION"))
                 .unwrap_or_else(|| "garage".into()),
-            access_key: var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID is set with DRCTL_S3_ENDPOINT"),
+            access_key: var("AWS_ACCESS_KEY_ID")
+                .expect("AWS_ACCESS_KEY_ID is set with DRCTL_S3_ENDPOINT"),
             secret_key: var("AWS_SECRET_ACCESS_KEY")
                 .expect("AWS_SECRET_ACCESS_KEY is set with DRCTL_S3_ENDPOINT"),
         }),
@@ -115,13 +117,30 @@ pub fn unique_prefix(name: &str) -> String {
     format!("drctl-test-{}-{name}-{nanos:08x}", std::process::id())
 }
 
-/// Delete everything under `prefix` (and its unfinished uploads).
+/// Delete everything under `prefix` (and its unfinished uploads), and what test runs that
+/// died left behind (prefixes `drctl-test-<pid>-` of processes that are gone).
 pub async fn cleanup(b: &dyn Backend, prefix: &str) {
     for o in b.list(prefix).await.unwrap_or_default() {
         let _ = b.delete(&o.key).await;
     }
     for p in b.list_pending(prefix).await.unwrap_or_default() {
         let _ = b.abort_pending(&p).await;
+    }
+    let dead = |key: &str| {
+        key.strip_prefix("drctl-test-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for o in b.list("drctl-test-").await.unwrap_or_default() {
+        if dead(&o.key) {
+            let _ = b.delete(&o.key).await;
+        }
+    }
+    for p in b.list_pending("drctl-test-").await.unwrap_or_default() {
+        if dead(&p.key) {
+            let _ = b.abort_pending(&p).await;
+        }
     }
 }
 
@@ -200,7 +219,7 @@ impl Gen {
         match self.content {
             Content::Random => true,
             Content::Text => false,
-            Content::Mixed => (pos / MIB) % 2 == 0,
+            Content::Mixed => (pos / MIB).is_multiple_of(2),
         }
     }
 }
@@ -225,7 +244,10 @@ impl AsyncRead for Gen {
         }
         // Never cross a 1 MiB block boundary in one read.
         let to_block = MIB - this.pos % MIB;
-        let n = (buf.remaining() as u64).min(left).min(to_block).min(64 * 1024) as usize;
+        let n = (buf.remaining() as u64)
+            .min(left)
+            .min(to_block)
+            .min(64 * 1024) as usize;
         let mut chunk = vec![0u8; n];
         if this.random_block(this.pos) {
             for w in chunk.chunks_mut(8) {
@@ -237,9 +259,14 @@ impl AsyncRead for Gen {
                 w.copy_from_slice(&v[..w.len()]);
             }
         } else {
-            let t = this.text.len() as u64;
-            for (i, b) in chunk.iter_mut().enumerate() {
-                *b = this.text[((this.pos + i as u64) % t) as usize];
+            let t = this.text.len();
+            let mut off = (this.pos % t as u64) as usize;
+            let mut filled = 0;
+            while filled < n {
+                let k = (t - off).min(n - filled);
+                chunk[filled..filled + k].copy_from_slice(&this.text[off..off + k]);
+                filled += k;
+                off = 0;
             }
         }
         this.hasher.update(&chunk);
@@ -289,12 +316,16 @@ pub async fn object_contains(b: &dyn Backend, key: &str, needle: &[u8]) -> bool 
 
 /// Read a whole (small) object.
 pub async fn read_object(b: &dyn Backend, key: &str) -> Vec<u8> {
-    drctl_repo::backend::get_bytes(b, key, 1 << 30).await.expect("object readable")
+    drctl_repo::backend::get_bytes(b, key, 1 << 30)
+        .await
+        .expect("object readable")
 }
 
 /// Replace an object's content.
 pub async fn write_object(b: &dyn Backend, key: &str, data: Vec<u8>) {
-    drctl_repo::backend::put_bytes(b, key, data.into()).await.expect("object written");
+    drctl_repo::backend::put_bytes(b, key, data.into())
+        .await
+        .expect("object written");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,7 +352,7 @@ fn free_port() -> u16 {
 
 fn garage_binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("DRCTL_GARAGE") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let cached = cache_dir().join("garage/bin/garage");
     if cached.is_file() {
@@ -338,7 +369,8 @@ impl Garage {
     /// Start a private single-node Garage with its own ports and a bucket `drctl-private`.
     pub fn start(suite: &str) -> Option<Garage> {
         let Some(bin) = garage_binary() else {
-            let how = "build it with `bash scripts/s3-server.sh start` (cached in $DRCTL_CACHE/garage)";
+            let how =
+                "build it with `bash scripts/s3-server.sh start` (cached in $DRCTL_CACHE/garage)";
             if lab() {
                 panic!("{suite}: DRCTL_LAB=1 but no garage binary was found; {how}");
             }
@@ -377,7 +409,10 @@ impl Garage {
         g.cli(&["layout", "apply", "--version", "1"]);
         g.cli_retry(&["bucket", "list"]);
         g.cli(&["key", "create", "drctl-private"]);
-        g.key_id = g.cli(&["key", "info", "drctl-private", "--key-id"]).trim().to_string();
+        g.key_id = g
+            .cli(&["key", "info", "drctl-private", "--key-id"])
+            .trim()
+            .to_string();
         g.secret = g
             .cli(&["key", "info", "drctl-private", "--secret-key"])
             .trim()
