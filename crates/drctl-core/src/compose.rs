@@ -13,6 +13,8 @@ pub struct ComposeService {
     pub depends_on: Vec<String>,
     /// Named volumes the service mounts (compose keys, not full names).
     pub volumes: Vec<String>,
+    /// Compose profiles; a service with any is started only when one is enabled.
+    pub profiles: Vec<String>,
     pub file: PathBuf,
     pub pos: Pos,
 }
@@ -138,10 +140,18 @@ fn load_one(file: &Path) -> Result<ComposeModel, Diagnostics> {
                     .map(str::to_string),
             })
             .collect();
+        let profiles = v
+            .get("profiles")
+            .and_then(|p| p.as_seq())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
         model.services.push(ComposeService {
             name,
             depends_on,
             volumes,
+            profiles,
             file: file.to_path_buf(),
             pos: k.pos,
         });

@@ -112,6 +112,10 @@ pub struct VolumeTarget {
     /// Services to stop while the volume is copied (and start again after).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// May be absent (a profile-gated service, a Qdrant not run everywhere): backups note
+    /// its absence instead of failing. Restores and verification still need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 fn default_pg_user() -> String {
@@ -131,6 +135,10 @@ pub struct PostgresTarget {
     /// The environment variable that holds the password (never the password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// May be absent (a profile-gated service, a Qdrant not run everywhere): backups note
+    /// its absence instead of failing. Restores and verification still need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// A Redis server's dataset (RDB).
@@ -140,6 +148,10 @@ pub struct RedisTarget {
     pub service: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// May be absent (a profile-gated service, a Qdrant not run everywhere): backups note
+    /// its absence instead of failing. Restores and verification still need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// Qdrant collections (snapshots through its REST API).
@@ -158,6 +170,10 @@ pub struct QdrantTarget {
     /// Also take a full storage snapshot.
     #[serde(default)]
     pub full_snapshot: bool,
+    /// May be absent (a profile-gated service, a Qdrant not run everywhere): backups note
+    /// its absence instead of failing. Restores and verification still need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// A path inside a service's container.
@@ -166,6 +182,10 @@ pub struct QdrantTarget {
 pub struct PathTarget {
     pub service: String,
     pub path: String,
+    /// May be absent (a profile-gated service, a Qdrant not run everywhere): backups note
+    /// its absence instead of failing. Restores and verification still need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 macro_rules! targets {
@@ -193,6 +213,16 @@ targets! {
 }
 
 impl Target {
+    pub fn optional(&self) -> bool {
+        match self {
+            Target::Volume(t) => t.optional,
+            Target::Postgres(t) => t.optional,
+            Target::Redis(t) => t.optional,
+            Target::Qdrant(t) => t.optional,
+            Target::Path(t) => t.optional,
+        }
+    }
+
     /// The compose service the target lives in, if any.
     pub fn service(&self) -> Option<&str> {
         match self {

@@ -48,6 +48,7 @@ pub async fn backup(config: Option<&Path>, tags: Vec<String>, json: bool) -> Res
         repo: &repo,
         config: cfg,
         compose: loaded.compose.as_ref(),
+        source_stack: &cfg.stack.project,
     };
     let progress = |m: String| {
         if !json {

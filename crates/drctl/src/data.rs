@@ -249,6 +249,9 @@ pub struct Data<'a> {
     pub repo: &'a Repository,
     pub config: &'a Config,
     pub compose: Option<&'a ComposeModel>,
+    /// The stack whose sets restores choose from: the configured one, except in a rehearsal,
+    /// whose scratch copy restores the live stack's sets.
+    pub source_stack: &'a str,
 }
 
 /// Item names in a set: `volume/sessions`, `postgres/postgres/app`, `spec/app/<container>`.
@@ -325,6 +328,7 @@ impl Data<'_> {
         let result = async {
             let mut taken = 0usize;
             for (name, t) in &targets {
+                let skip_missing = skip_missing || t.optional();
                 match t {
                     Target::Volume(v) => {
                         let (full, exists) = self.volume_name(v).await?;
@@ -422,8 +426,8 @@ impl Data<'_> {
                         let q = drctl_db::Qdrant::new(t)?;
                         let collections = match q.selected_collections().await {
                             Ok(c) => c,
-                            Err(e) if skip_missing && e.is_unreachable() => {
-                                progress(format!("{name}: Qdrant is not reachable ({e}); nothing to back up"));
+                            Err(e) if skip_missing => {
+                                progress(format!("{name}: {e}; nothing to back up"));
                                 continue;
                             }
                             Err(e) => return Err(e.into()),
@@ -493,8 +497,49 @@ impl Data<'_> {
     }
 
     /// Find a set by selection; `Step` selections are resolved by the caller into an id.
-    pub async fn select(&self, sel: &Selection) -> Result<Manifest> {
-        Ok(self.repo.select(sel, jiff::Timestamp::now()).await?)
+    /// `latest` and `before` mean the newest complete set that holds every one of `targets`
+    /// and is not a safety backup: a safety set holds only what one step was about to
+    /// overwrite (often already damaged), so it is used only when asked for by id or tag.
+    pub async fn select_for(&self, sel: &Selection, names: &[String]) -> Result<Manifest> {
+        let cutoff = match sel {
+            Selection::Latest => None,
+            Selection::Before(b) => Some(match b.parse::<jiff::Timestamp>() {
+                Ok(t) => t,
+                Err(_) => {
+                    let d = drctl_core::duration::parse_duration(b).map_err(DataError::fatal)?;
+                    jiff::Timestamp::now() - jiff::SignedDuration::try_from(d.as_duration()).unwrap_or_default()
+                }
+            }),
+            _ => return Ok(self.repo.select(sel, jiff::Timestamp::now()).await?),
+        };
+        let targets = self.targets(names)?;
+        let mut sets = self.repo.list().await?;
+        sets.retain(|s| {
+            s.complete
+                && s.problem.is_none()
+                && s.stack.as_deref() == Some(self.source_stack)
+                && !s.tags.iter().any(|t| t == "safety")
+                && cutoff.is_none_or(|c| s.finished.unwrap_or(s.started) <= c)
+        });
+        sets.sort_by(|a, b| b.id.cmp(&a.id));
+        let mut skipped = Vec::new();
+        for s in &sets {
+            let m = self.repo.load_manifest(&s.id).await?;
+            if self.items_for(&m, &targets).is_ok() {
+                return Ok(m);
+            }
+            skipped.push(s.id.clone());
+        }
+        Err(DataError::fatal(format!(
+            "no complete backup set of `{}` {} holds {}{}; take one with `drctl backup`, or choose a set by id",
+            self.project(),
+            match cutoff {
+                Some(c) => format!("taken before {c}"),
+                None => "(safety backups aside)".to_string(),
+            },
+            if names.is_empty() { "every target".to_string() } else { names.join(", ") },
+            if skipped.is_empty() { String::new() } else { format!(" (looked at {})", skipped.join(", ")) }
+        )))
     }
 
     fn items_for<'m>(
@@ -513,6 +558,9 @@ impl Data<'_> {
                 .iter()
                 .filter(|i| i.name == prefix || i.name.starts_with(&format!("{prefix}/")))
                 .collect();
+            if items.is_empty() && t.optional() {
+                continue; // an optional target absent at backup time
+            }
             if items.is_empty() {
                 return Err(DataError::fatal(format!(
                     "backup set {} holds nothing for target `{name}`; choose another set",
@@ -726,7 +774,7 @@ impl Data<'_> {
                         &mut results,
                         &mut bad,
                         &format!("{name}/{db}"),
-                        then.compare(&now).iter().map(|x| x.to_string()).collect(),
+                        then.compare_database(&db, &now).iter().map(|x| x.to_string()).collect(),
                         json!({"tables": now.tables.len()}),
                     );
                 }

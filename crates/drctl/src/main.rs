@@ -7,9 +7,11 @@ mod doctor;
 mod error;
 mod notify;
 mod plan;
+mod rehearse;
 mod render;
 mod run;
 mod runner;
+mod schedule;
 mod status;
 mod validate;
 
@@ -107,6 +109,23 @@ enum Command {
         #[command(subcommand)]
         action: BackupsCmd,
     },
+    /// Run a runbook against a scratch copy of the stack, then tear the copy down.
+    Rehearse {
+        runbook: String,
+        /// The backup set to copy the stack from: an id, or `latest` (default: the runbook's
+        /// `backup:`, else latest).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Keep the scratch copy for inspection.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the schedules of drctl.yml (cron, UTC) until stopped: JSON logs, Prometheus /metrics.
+    Schedule(schedule::ScheduleArgs),
     /// Print the JSON Schema of runbooks or of drctl.yml.
     Schema {
         #[arg(value_enum, default_value = "runbook")]
@@ -198,6 +217,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 BackupsCmd::Prune { dry_run, json } => backups::prune(config, dry_run, json).await,
             }
         }),
+        Command::Rehearse { runbook, backup, keep, yes, json } => {
+            let backup = backup.map(|b| if b == "latest" { drctl_core::runbook::Selection::Latest } else { drctl_core::runbook::Selection::Id(b) });
+            runtime()?.block_on(rehearse::run(config, &runbook, rehearse::RehearseArgs { backup, keep, yes, json }))
+        }
+        Command::Schedule(args) => schedule::run(config, cli.verbose, args),
         Command::Schema { which } => {
             let schema = match which {
                 SchemaKind::Runbook => drctl_core::schema::runbook_schema(),

@@ -27,6 +27,10 @@ pub struct Runner {
     repo: Result<drctl_repo::Repository, String>,
     /// The runbook's `backup:`, for restores that do not say `from:`.
     default_selection: Option<drctl_core::runbook::Selection>,
+    /// The stack whose backup sets restores use (the live one, in a rehearsal).
+    source_stack: String,
+    /// A rehearsal on a scratch copy: nothing live is overwritten, so no safety backups.
+    rehearsal: bool,
 }
 
 fn err(e: DockerError) -> StepError {
@@ -45,13 +49,25 @@ impl Runner {
         // A broken repository fails only the steps that need it.
         let repo = drctl_repo::Repository::open(&config, &drctl_core::source::process_env)
             .map_err(|e| e.to_string());
+        let source_stack = config.stack.project.clone();
         Ok(Runner {
             config,
             compose,
             docker,
             repo,
             default_selection,
+            source_stack,
+            rehearsal: false,
         })
+    }
+
+    /// Run against a scratch copy of the stack (`config` names the copy), restoring the
+    /// sets of the live stack `source_stack` from its repository.
+    pub fn for_rehearsal(mut self, live: &Config) -> Self {
+        self.repo = drctl_repo::Repository::open(live, &drctl_core::source::process_env).map_err(|e| e.to_string());
+        self.source_stack = live.stack.project.clone();
+        self.rehearsal = true;
+        self
     }
 
     fn data(&self) -> Result<crate::data::Data<'_>, StepError> {
@@ -64,6 +80,7 @@ impl Runner {
             repo,
             config: &self.config,
             compose: self.compose.as_ref(),
+            source_stack: &self.source_stack,
         })
     }
 
@@ -71,6 +88,7 @@ impl Runner {
     async fn resolve(
         &self,
         sel: &drctl_core::runbook::Selection,
+        targets: &[String],
         ctx: &StepCtx,
     ) -> Result<drctl_repo::Manifest, StepError> {
         let data = self.data()?;
@@ -85,7 +103,7 @@ impl Runner {
                 })?;
             return data.repo.load_manifest(&id).await.map_err(data_err);
         }
-        data.select(sel).await.map_err(dataerr)
+        data.select_for(sel, targets).await.map_err(dataerr)
     }
 
     async fn backup(
@@ -120,11 +138,11 @@ impl Runner {
             .clone()
             .or_else(|| self.default_selection.clone())
             .unwrap_or(drctl_core::runbook::Selection::Latest);
-        let m = self.resolve(&sel, ctx).await?;
+        let m = self.resolve(&sel, &r.targets, ctx).await?;
         ctx.progress(format!("using backup set {} taken {}", m.id, m.started));
         let data = self.data()?;
         let out = data
-            .restore(&m, &r.targets, r.safety_backup, &|m| ctx.progress(m))
+            .restore(&m, &r.targets, r.safety_backup && !self.rehearsal, &|m| ctx.progress(m))
             .await
             .map_err(dataerr)?;
         let what = out["restored"]
@@ -148,7 +166,7 @@ impl Runner {
         ctx: &StepCtx,
     ) -> Result<StepOutput, StepError> {
         let m = match &v.against {
-            Some(sel) => self.resolve(sel, ctx).await?,
+            Some(sel) => self.resolve(sel, &v.targets, ctx).await?,
             None => {
                 // The set restored in this run, else the newest.
                 let restored = ctx
@@ -165,7 +183,7 @@ impl Runner {
                         .await
                         .map_err(data_err)?,
                     None => {
-                        self.resolve(&drctl_core::runbook::Selection::Latest, ctx)
+                        self.resolve(&drctl_core::runbook::Selection::Latest, &v.targets, ctx)
                             .await?
                     }
                 }
@@ -518,7 +536,7 @@ impl Runner {
             .default_selection
             .clone()
             .unwrap_or(drctl_core::runbook::Selection::Latest);
-        let m = self.resolve(&sel, ctx).await?;
+        let m = self.resolve(&sel, &[], ctx).await?;
         let data = self.data()?;
         let specs: Vec<&drctl_repo::ItemRecord> = m
             .items
@@ -626,25 +644,37 @@ impl Runner {
         })
     }
 
-    async fn down(&self, a: &drctl_core::runbook::DownStep) -> Result<StepOutput, StepError> {
+    async fn down(&self, a: &drctl_core::runbook::DownStep, ctx: &StepCtx) -> Result<StepOutput, StepError> {
         let model = self.model()?;
         let project = self.compose_project()?;
         let cli = ComposeCli::detect()
             .await
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        if a.volumes && a.safety_backup {
-            return Err(StepError::fatal("`down` with `volumes: true` takes a safety backup first, which needs the backup repository; this build does not have it yet (or set `safety_backup: false`)"));
+        let mut safety = None;
+        if a.volumes && a.safety_backup && !self.rehearsal {
+            // Whatever can still be read is kept before the volumes go (seed 000: emergency
+            // backup first). Targets whose service is already gone are noted and skipped.
+            let data = self.data()?;
+            let m = data
+                .backup(&[], vec!["safety".into()], true, &|m| ctx.progress(m))
+                .await
+                .map_err(|e| StepError::new(format!("failed to take the safety backup, so nothing was removed: {}", e.message)))?;
+            ctx.progress(format!("safety backup {} taken", m.id));
+            safety = Some(m.id);
         }
         let refs: Vec<&str> = a.services.iter().map(String::as_str).collect();
         self.docker
             .compose_down(&cli, &project, model, &refs, a.volumes)
             .await
             .map_err(err)?;
-        Ok(StepOutput::msg(if refs.is_empty() {
-            "project down".to_string()
-        } else {
-            format!("down: {}", refs.join(", "))
-        }))
+        let what = if refs.is_empty() { "project down".to_string() } else { format!("down: {}", refs.join(", ")) };
+        Ok(StepOutput {
+            message: match &safety {
+                Some(id) => format!("{what} (safety backup {id})"),
+                None => what,
+            },
+            data: json!({"safety_set": safety}),
+        })
     }
 
     async fn notify(
@@ -740,7 +770,7 @@ impl StepRunner for Runner {
                 Action::Start(a) => self.services_step("start", a, ctx).await,
                 Action::Restart(a) => self.services_step("restart", a, ctx).await,
                 Action::Up(a) => self.up(a, ctx).await,
-                Action::Down(a) => self.down(a).await,
+                Action::Down(a) => self.down(a, ctx).await,
                 Action::Health(h) => self.health(step, &h.check, h.interval.as_duration()).await,
                 Action::Exec(e) => self.exec(step, e, ctx).await,
                 Action::Notify(n) => self.notify(n, ctx).await,

@@ -1,0 +1,1 @@
+//! `drctl schedule` against a real dockerd (being written).
