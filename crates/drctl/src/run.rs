@@ -67,6 +67,19 @@ fn confirm_prompt() -> Option<drctl_core::exec::executor::Confirm> {
 
 pub async fn run(config: Option<&Path>, runbook: &str, args: RunArgs) -> Result<(), CliError> {
     let loaded = context::load(config);
+    let (rb, dir, meta, lock) = start_run(&loaded, runbook, &format!("drctl run {runbook}"))?;
+    execute(&loaded, &rb, &dir, &meta, Vec::new(), args, lock).await
+}
+
+/// Everything `drctl run` does before the executor starts: read and check the runbook, take
+/// the stack lock (`CliError::Locked` when another run holds it; nothing is written then),
+/// create the run folder with a copy of the runbook and `run.json`. `command` names the
+/// holder in the lock file.
+pub(crate) fn start_run(
+    loaded: &Loaded,
+    runbook: &str,
+    command: &str,
+) -> Result<(drctl_core::Runbook, RunDir, RunMeta, StackLock), CliError> {
     let cfg = loaded.require_config()?;
     let path =
         resolve_runbook(runbook, loaded.runbooks_dir().as_deref()).map_err(CliError::Usage)?;
@@ -75,13 +88,8 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RunArgs) -> Result<
         .map_err(|e| CliError::Usage(format!("failed to read {}: {e}", path.display())))?;
     let run_id = new_run_id();
     let dir = RunDir::new(&cfg.state_dir(), &run_id);
-    let lock = StackLock::acquire(
-        &cfg.state_dir(),
-        &cfg.stack.project,
-        &run_id,
-        &format!("drctl run {runbook}"),
-    )
-    .map_err(|e| CliError::Locked(e.to_string()))?;
+    let lock = StackLock::acquire(&cfg.state_dir(), &cfg.stack.project, &run_id, command)
+        .map_err(|e| CliError::Locked(e.to_string()))?;
     std::fs::create_dir_all(&dir.path).map_err(|e| {
         CliError::Unavailable(format!(
             "failed to create the run folder {}: {e}",
@@ -109,7 +117,7 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RunArgs) -> Result<
     std::fs::write(dir.meta(), serde_json::to_vec_pretty(&meta).expect("meta")).map_err(|e| {
         CliError::Unavailable(format!("failed to write {}: {e}", dir.meta().display()))
     })?;
-    execute(&loaded, &rb, &dir, &meta, Vec::new(), args, lock).await
+    Ok((rb, dir, meta, lock))
 }
 
 pub async fn resume(config: Option<&Path>, run_id: &str, args: RunArgs) -> Result<(), CliError> {
@@ -176,8 +184,67 @@ async fn execute(
     meta: &RunMeta,
     prior: Vec<Event>,
     args: RunArgs,
-    _lock: StackLock,
+    lock: StackLock,
 ) -> Result<(), CliError> {
+    let hooks = ExecHooks {
+        yes: args.yes,
+        confirm: confirm_prompt(),
+        sink: render::sink(render::mode(args.json)),
+        cancel: Box::pin(interrupted()),
+    };
+    let done = execute_with(loaded, rb, dir, meta, prior, hooks, lock).await?;
+    let (outcome, report) = (done.outcome, done.report);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("report"));
+    } else {
+        println!("{}", report.to_markdown());
+        println!("journal: {}", dir.journal().display());
+    }
+    match outcome.status {
+        RunStatus::Succeeded => Ok(()),
+        RunStatus::Interrupted => Err(CliError::Interrupted(outcome.message)),
+        _ => Err(CliError::Failed(format!(
+            "run {} did not succeed (see the report above); fix the cause, then `drctl resume {}` continues it",
+            meta.run_id, meta.run_id
+        ))),
+    }
+}
+
+/// How [`execute_with`] runs: `drctl run` answers confirmations on the terminal, renders
+/// events live and stops on Ctrl-C / SIGTERM; `drctl schedule` logs events and cancels on
+/// its own terms.
+pub(crate) struct ExecHooks {
+    /// Answer every `confirm` step with yes.
+    pub yes: bool,
+    pub confirm: Option<drctl_core::exec::executor::Confirm>,
+    /// Receives every event (the journal gets them anyway).
+    pub sink: Arc<dyn Fn(&Event) + Send + Sync>,
+    /// Resolving interrupts the run: running steps are journaled as interrupted and the run
+    /// can be resumed.
+    pub cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>,
+}
+
+/// A run that reached the executor, whatever its outcome.
+pub(crate) struct Executed {
+    pub outcome: drctl_core::exec::RunOutcome,
+    /// Written to the run folder too.
+    pub report: RunReport,
+    /// Still held: the caller decides when the stack is free again.
+    pub lock: StackLock,
+}
+
+/// Run a prepared run folder: executor, journal, report file, webhooks. Errors are what
+/// kept the executor from starting (no Docker, an unwritable journal); a failed run is an
+/// `Ok` with its outcome.
+pub(crate) async fn execute_with(
+    loaded: &Loaded,
+    rb: &drctl_core::Runbook,
+    dir: &RunDir,
+    meta: &RunMeta,
+    prior: Vec<Event>,
+    hooks: ExecHooks,
+    lock: StackLock,
+) -> Result<Executed, CliError> {
     let cfg = loaded.require_config()?;
     let runner = Runner::new(cfg.clone(), loaded.compose.clone(), rb.backup.clone()).await?;
     let docker = runner.docker_view().await;
@@ -198,15 +265,14 @@ async fn execute(
             dir.journal().display()
         ))
     })?);
-    let mode = render::mode(args.json);
-    let exec = Executor::new(&meta.run_id, Arc::new(runner), journal, render::sink(mode));
+    let exec = Executor::new(&meta.run_id, Arc::new(runner), journal, hooks.sink);
     let opts = RunOptions {
-        yes: args.yes,
-        confirm: confirm_prompt(),
+        yes: hooks.yes,
+        confirm: hooks.confirm,
         max_parallel: 0,
     };
     notify_run(cfg, NotifyOn::Start, json!({"event": "start", "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project})).await;
-    let outcome = exec.run(&plan, &prior, &opts, interrupted()).await;
+    let outcome = exec.run(&plan, &prior, &opts, hooks.cancel).await;
     let events = Journal::read(&dir.journal()).map_err(CliError::Failed)?;
     let report =
         RunReport::from_events(&events, meta.objectives.as_ref()).expect("a run has events");
@@ -225,20 +291,11 @@ async fn execute(
         "failure"
     };
     notify_run(cfg, on, json!({"event": event, "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project, "report": report})).await;
-    if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report"));
-    } else {
-        println!("{}", report.to_markdown());
-        println!("journal: {}", dir.journal().display());
-    }
-    match outcome.status {
-        RunStatus::Succeeded => Ok(()),
-        RunStatus::Interrupted => Err(CliError::Interrupted(outcome.message)),
-        _ => Err(CliError::Failed(format!(
-            "run {} did not succeed (see the report above); fix the cause, then `drctl resume {}` continues it",
-            meta.run_id, meta.run_id
-        ))),
-    }
+    Ok(Executed {
+        outcome,
+        report,
+        lock,
+    })
 }
 
 /// Webhooks on run start / success / failure. A failing webhook never fails the recovery:
