@@ -187,7 +187,7 @@ impl PgFingerprint {
             &self.databases,
             &actual.databases,
             |d| format!("database `{d}`"),
-            |d, e, a| inner.extend(e.compare_named(d, a)),
+            |d, e, a| inner.extend(e.compare_database(d, a)),
             &mut out,
         );
         out.extend(inner);
@@ -196,11 +196,8 @@ impl PgFingerprint {
 }
 
 impl PgDatabaseFingerprint {
-    pub fn compare(&self, actual: &PgDatabaseFingerprint) -> Vec<Mismatch> {
-        self.compare_named("?", actual)
-    }
-
-    fn compare_named(&self, db: &str, actual: &PgDatabaseFingerprint) -> Vec<Mismatch> {
+    /// What differs between `self` (database `db` at backup) and `actual` (now).
+    pub fn compare_database(&self, db: &str, actual: &PgDatabaseFingerprint) -> Vec<Mismatch> {
         let mut out = Vec::new();
         let mut inner = Vec::new();
         compare_maps(
@@ -842,21 +839,61 @@ impl Postgres {
     /// Wait until PostgreSQL answers a query on `database` (default `postgres`) and is not
     /// in recovery. Wrong credentials or a missing database fail at once.
     pub async fn wait_ready(&self, database: Option<&str>, poll: Poll) -> Result<(), DbError> {
+        self.wait(database, None, poll).await
+    }
+
+    /// [`Postgres::wait_ready`], and then `query` must succeed too (the runbook's
+    /// `check: { type: postgres, query: ... }`, e.g. a table the application migrates).
+    pub async fn wait_query(
+        &self,
+        database: Option<&str>,
+        query: &str,
+        poll: Poll,
+    ) -> Result<(), DbError> {
+        self.wait(database, Some(query), poll).await
+    }
+
+    async fn wait(
+        &self,
+        database: Option<&str>,
+        query: Option<&str>,
+        poll: Poll,
+    ) -> Result<(), DbError> {
         let db = database.unwrap_or("postgres");
-        let subject = format!(
+        let mut subject = format!(
             "see PostgreSQL in container `{}` accept connections to `{db}` and leave recovery",
             self.container
         );
-        Ok(wait_for(&subject, poll, || self.probe(db)).await?)
+        if let Some(q) = query {
+            subject.push_str(&format!(" and answer `{}`", one_line(q, 80)));
+        }
+        Ok(wait_for(&subject, poll, || self.probe(db, query)).await?)
     }
 
-    async fn probe(&self, db: &str) -> Probe {
+    async fn probe(&self, db: &str, query: Option<&str>) -> Probe {
         let action = "probe".to_string();
         match self
             .query(db, "SELECT pg_is_in_recovery();\n", &[], &action)
             .await
         {
-            Ok(o) if o.trim() == "f" => Probe::Ready,
+            Ok(o) if o.trim() == "f" => match query {
+                None => Probe::Ready,
+                Some(q) => match self
+                    .query(
+                        db,
+                        &format!("{}\n;\n", q.trim().trim_end_matches(';')),
+                        &[],
+                        &action,
+                    )
+                    .await
+                {
+                    Ok(_) => Probe::Ready,
+                    Err(e) => Probe::waiting(format!(
+                        "the query still fails: {}",
+                        one_line(&strip_failed(&e.to_string(), "probe"), 300)
+                    )),
+                },
+            },
             Ok(o) if o.trim() == "t" => {
                 Probe::waiting("still in recovery (replaying WAL, or a standby)")
             }

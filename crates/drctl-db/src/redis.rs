@@ -88,9 +88,14 @@ pub struct RedisBackupOptions {
     pub fingerprint: bool,
     /// How long a running save or AOF rewrite, and then ours, may take.
     pub save_timeout: Duration,
-    /// Longest write pause around the fingerprint and the fork (a safety net: drctl
-    /// unpauses as soon as the fork is done).
+    /// Longest write pause around the fingerprint and the fork (a safety net should drctl
+    /// vanish mid-way: it unpauses as soon as the fork is done). A fingerprint that takes
+    /// longer is reported as not exact.
     pub pause_limit: Duration,
+    /// Above this many keys the fingerprint is taken just before the fork without pausing
+    /// writes (`fingerprint_exact: false`): the script reads every key name, about 1 to
+    /// 3 µs a key, and writers would wait that long.
+    pub exact_max_keys: u64,
 }
 
 impl Default for RedisBackupOptions {
@@ -98,7 +103,8 @@ impl Default for RedisBackupOptions {
         RedisBackupOptions {
             fingerprint: true,
             save_timeout: Duration::from_secs(3600),
-            pause_limit: Duration::from_secs(60),
+            pause_limit: Duration::from_secs(30),
+            exact_max_keys: 1_000_000,
         }
     }
 }
@@ -381,6 +387,24 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Drop the `(2.18s)` lines redis-cli prints after replies that took over half a second.
+fn strip_timings(out: &str) -> String {
+    let is_timing = |l: &str| {
+        l.strip_prefix('(')
+            .and_then(|r| r.strip_suffix("s)"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    };
+    let mut kept: String = out
+        .lines()
+        .filter(|l| !is_timing(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if out.ends_with('\n') {
+        kept.push('\n');
+    }
+    kept
+}
+
 /// `key:value` lines of INFO.
 pub(crate) fn parse_info(text: &str) -> HashMap<String, String> {
     text.lines()
@@ -544,7 +568,7 @@ impl Redis {
                 &mut err,
             )
             .await?;
-        let stdout = String::from_utf8_lossy(&out.buf).into_owned();
+        let stdout = strip_timings(&String::from_utf8_lossy(&out.buf));
         let stderr = err.text();
         let auth_line = stderr.lines().chain(stdout.lines()).find(|l| {
             l.contains("NOAUTH") || l.contains("WRONGPASS") || l.contains("invalid password")
@@ -718,7 +742,28 @@ impl Redis {
         let t0 = Instant::now();
         let action = format!("back up Redis in container `{}`", self.container);
         let p = self.persistence().await?;
-        let exact = opts.fingerprint && p.major() >= 7;
+        let mut exact = opts.fingerprint && p.major() >= 7;
+        if exact {
+            let keys: u64 = self
+                .info("keyspace", &action)
+                .await?
+                .values()
+                .filter_map(|v| {
+                    v.strip_prefix("keys=")?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum();
+            if keys > opts.exact_max_keys {
+                tracing::info!(
+                    "{action}: {keys} keys: fingerprinting without pausing writes (exact_max_keys {})",
+                    opts.exact_max_keys
+                );
+                exact = false;
+            }
+        }
         let sha = if exact {
             match self
                 .cli_ok(&["SCRIPT", "LOAD", FINGERPRINT_SCRIPT], &action)
@@ -742,8 +787,11 @@ impl Redis {
             self.wait_no_child(opts.save_timeout, &action).await?;
             let (fp, bgsave) = match &sha {
                 Some(sha) => {
-                    self.paused_fingerprint_and_bgsave(sha, &p, opts, &action)
-                        .await?
+                    let (fp, bgsave, in_time) = self
+                        .paused_fingerprint_and_bgsave(sha, &p, opts, &action)
+                        .await?;
+                    exact = in_time;
+                    (fp, bgsave)
                 }
                 None => {
                     let fp = if opts.fingerprint {
@@ -859,19 +907,33 @@ impl Redis {
     }
 
     /// `CLIENT PAUSE WRITE`, fingerprint, `BGSAVE`, `CLIENT UNPAUSE` on one connection.
+    /// The last value is false when the sequence took longer than the pause lasts (writes
+    /// may then have landed between the fingerprint and the fork).
     async fn paused_fingerprint_and_bgsave(
         &self,
         sha: &str,
         p: &RedisPersistence,
         opts: &RedisBackupOptions,
         action: &str,
-    ) -> Result<(Option<RedisFingerprint>, Reply), DbError> {
+    ) -> Result<(Option<RedisFingerprint>, Reply, bool), DbError> {
         let script = format!(
             "CLIENT PAUSE {} WRITE\nEVALSHA_RO {sha} 0 {SAMPLE_TARGET} {}\nBGSAVE\nCLIENT UNPAUSE\n",
             opts.pause_limit.as_millis().max(1000),
             p.databases
         );
-        let out = self.cli_raw(&[], Some(script.as_bytes()), action).await?;
+        let t = Instant::now();
+        let out = match self.cli_raw(&[], Some(script.as_bytes()), action).await {
+            Ok(out) => out,
+            Err(e) => {
+                // Do not leave writers waiting for the pause to run out.
+                let _ = self.cli(&["CLIENT", "UNPAUSE"], action).await;
+                return Err(e);
+            }
+        };
+        let in_time = t.elapsed() < opts.pause_limit;
+        if !in_time {
+            tracing::warn!("{action}: the fingerprint took longer than the write pause ({} s); it may not describe the RDB exactly", opts.pause_limit.as_secs());
+        }
         let replies: Vec<Reply> = out.lines().map(parse_reply).collect();
         let [pause, fp, bgsave, unpause] = replies.as_slice() else {
             return Err(DbError::Protocol {
@@ -900,7 +962,7 @@ impl Redis {
                 })
             }
         };
-        Ok((Some(fp), bgsave.clone()))
+        Ok((Some(fp), bgsave.clone(), in_time))
     }
 
     async fn bgsave_failed(&self, p: &RedisPersistence, action: String) -> DbError {
@@ -909,13 +971,14 @@ impl Redis {
             .lines()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                l.contains("save")
-                    || l.contains("rdb")
-                    || l.contains("failed")
+                (l.contains("fail")
                     || l.contains("error")
+                    || l.contains("denied")
+                    || l.contains("no space"))
+                    && !l.contains("overcommit")
             })
             .collect();
-        let relevant = &relevant[relevant.len().saturating_sub(4)..];
+        let relevant = &relevant[relevant.len().saturating_sub(3)..];
         let mut reason = format!(
             "Redis could not write its RDB file (rdb_last_bgsave_status:err); check that its dir `{}` is writable by the Redis user and the disk has room",
             p.dir
@@ -1264,6 +1327,12 @@ mod tests {
         assert_eq!(items.len(), 12);
         assert_eq!(items[11], Reply::Bulk("v12".into()));
         assert_eq!(parse_reply("(empty array)\n"), Reply::Array(vec![]));
+        assert_eq!(
+            strip_timings("OK\n\"{}\"\n(2.18s)\nBackground saving started\n"),
+            "OK\n\"{}\"\nBackground saving started\n"
+        );
+        assert_eq!(strip_timings("(12s)\n"), "\n");
+        assert_eq!(strip_timings("(error) x (1s)\n"), "(error) x (1s)\n");
         let info = "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:1\r\n";
         let Reply::Status(t) = parse_reply(info) else {
             panic!()

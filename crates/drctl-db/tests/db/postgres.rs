@@ -42,13 +42,20 @@ INSERT INTO big_text SELECT i, repeat('lorem ipsum dolor ', 15000) || i FROM gen
 GRANT SELECT ON hits TO app_owner;
 "#;
 
+/// Built through serde, as drctl.yml is read (fields added to the model later keep their
+/// defaults).
 fn target(password_env: Option<String>) -> PostgresTarget {
-    PostgresTarget {
-        service: "postgres".into(),
-        databases: vec![],
-        user: "postgres".into(),
-        password_env,
-    }
+    target_with(password_env, &[])
+}
+
+fn target_with(password_env: Option<String>, databases: &[&str]) -> PostgresTarget {
+    serde_json::from_value(serde_json::json!({
+        "service": "postgres",
+        "user": "postgres",
+        "databases": databases,
+        "password_env": password_env,
+    }))
+    .unwrap()
 }
 
 fn psql(container: &str, db: &str, sql: &str) -> String {
@@ -154,6 +161,9 @@ async fn postgres_backup_drop_restore_roundtrip() {
     let t = Instant::now();
     let g = pg.restore_globals(&mut globals.as_slice()).await.unwrap();
     assert!(g.skipped_own_role >= 1, "{g:?}");
+    // Again, now that the roles exist: "already exists" is expected, not a failure.
+    let g = pg.restore_globals(&mut globals.as_slice()).await.unwrap();
+    assert!(g.already_existed >= 1, "{g:?}");
     for (db, file) in &files {
         let mut f = tokio::fs::File::open(file.path()).await.unwrap();
         let r = pg
@@ -218,7 +228,30 @@ async fn postgres_backup_drop_restore_roundtrip() {
         "49950"
     );
 
-    // A restore over a database in use: a session holds a connection (and a lock).
+    // A restore over a database in use: first make it differ from the backup.
+    docker(&[
+        "exec",
+        &c,
+        "psql",
+        "-X",
+        "-U",
+        "postgres",
+        "-d",
+        "app",
+        "-c",
+        "UPDATE users SET name = 'changed' WHERE id = 7",
+    ]);
+    let changed = pg.fingerprint(&["app".to_string()]).await.unwrap();
+    let diff = before.databases["app"].compare_database("app", &changed.databases["app"]);
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert!(
+        diff[0]
+            .subject
+            .contains("database `app` table `public.users`"),
+        "{}",
+        diff[0]
+    );
+    // A session holds a connection and a lock on the database while it is restored.
     docker(&[
         "exec",
         "-d",
@@ -241,22 +274,6 @@ async fn postgres_backup_drop_restore_roundtrip() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(held, "the holding session did not show up");
-    docker(&[
-        "exec",
-        &c,
-        "psql",
-        "-X",
-        "-U",
-        "postgres",
-        "-d",
-        "app",
-        "-c",
-        "UPDATE users SET name = 'changed' WHERE id = 7",
-    ]);
-    let changed = pg.fingerprint(&["app".to_string()]).await.unwrap();
-    let diff = before.databases["app"].compare(&changed.databases["app"]);
-    assert_eq!(diff.len(), 1, "{diff:?}");
-    assert!(diff[0].subject.contains("public.users"), "{}", diff[0]);
     let t = Instant::now();
     let app = &files.iter().find(|(d, _)| d == "app").unwrap().1;
     let mut f = tokio::fs::File::open(app.path()).await.unwrap();
@@ -292,6 +309,20 @@ async fn postgres_unhappy_paths() {
     pg.wait_ready(None, poll(90)).await.unwrap();
     psql(&c, "postgres", "CREATE DATABASE shop");
     psql(&c, "shop", "CREATE TABLE orders AS SELECT i AS id, md5(i::text) AS ref, repeat('x', 200) AS note FROM generate_series(1, 30000) i");
+
+    // A gate with a query: passes when it answers, says why when it does not.
+    pg.wait_query(Some("shop"), "SELECT 1 FROM orders LIMIT 1;", poll(10))
+        .await
+        .unwrap();
+    let e = pg
+        .wait_query(Some("shop"), "SELECT 1 FROM not_migrated_yet", poll(2))
+        .await
+        .unwrap_err();
+    assert!(e.is_gate_timeout(), "{e}");
+    assert!(
+        e.to_string().contains("not_migrated_yet\" does not exist"),
+        "{e}"
+    );
 
     // The variable named by password_env is missing.
     let e = Postgres::new(
@@ -348,10 +379,7 @@ async fn postgres_unhappy_paths() {
     let listed = Postgres::new(
         docker_client.clone(),
         &c,
-        &PostgresTarget {
-            databases: vec!["shop".into(), "nope".into()],
-            ..target(Some(env_var("pg_ok2", password)))
-        },
+        &target_with(Some(env_var("pg_ok2", password)), &["shop", "nope"]),
     )
     .unwrap();
     let e = listed.selected_databases().await.unwrap_err().to_string();
