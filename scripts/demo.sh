@@ -36,9 +36,14 @@ pg "drop table if exists orders; create table orders(id int primary key, custome
 docker exec "${P}_redis_1" sh -c 'for i in $(seq 1 1000); do echo "SET session:$i user-$i"; done | redis-cli >/dev/null'
 for s in alice bob carol; do curl -fsS "http://127.0.0.1:${DRCTL_LAB_APP_PORT}/cgi-bin/session?$s" >/dev/null; done
 state() {
-    echo "  postgres orders: $(pg 'select count(*) || '' rows, md5 '' || md5(string_agg(md5(o::text), '''' order by id)) from orders o')"
-    echo "  redis keys:      $(docker exec "${P}_redis_1" redis-cli dbsize)"
-    echo "  session files:   $(docker exec "${P}_app_1" sh -c 'ls /data/sessions | tr "\n" " "')"
+    # Assignments, so that a failing query stops the demo (set -e) instead of printing nothing.
+    local rows keys files
+    rows=$(pg "select count(*) || ' rows, md5 ' || md5(string_agg(md5(o::text), '' order by id)) from orders o")
+    keys=$(docker exec "${P}_redis_1" redis-cli dbsize)
+    files=$(docker exec "${P}_app_1" sh -c 'ls /data/sessions | tr "\n" " "')
+    echo "  postgres orders: $rows"
+    echo "  redis keys:      $keys"
+    echo "  session files:   $files"
 }
 state | tee /tmp/drctl-demo-before.txt
 
