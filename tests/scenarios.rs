@@ -10,7 +10,8 @@ use common::{need_docker, root, run, skipped, Stack};
 /// A private stack with the shipped targets and runbooks, up and seeded.
 fn seeded(name: &str) -> Stack {
     let mut st = Stack::new(name);
-    st.env.push(("DRCTL_LAB_PG_PASSWORD".into(), "drctl-lab".into()));
+    st.env
+        .push(("DRCTL_LAB_PG_PASSWORD".into(), "drctl-lab".into()));
     let cfg = std::fs::read_to_string(st.config()).unwrap();
     std::fs::write(
         st.config(),
@@ -25,18 +26,49 @@ fn seeded(name: &str) -> Stack {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     psql(&st, "create table items(id int primary key, body text, blob bytea); insert into items select g, repeat(md5(g::text), 20), decode(md5(g::text), 'hex') from generate_series(1, 20000) g;");
     redis(&st, &["sh", "-c", "for i in $(seq 1 200); do echo \"SET key:$i value-$i\"; echo \"HSET h:$i f $i\"; done | redis-cli > /dev/null"]);
-    exec(&st, "app", &["sh", "-c", "echo alpha > /data/sessions/alpha && echo beta > /data/sessions/beta"]);
+    exec(
+        &st,
+        "app",
+        &[
+            "sh",
+            "-c",
+            "echo alpha > /data/sessions/alpha && echo beta > /data/sessions/beta",
+        ],
+    );
     st
 }
 
 fn exec(st: &Stack, service: &str, cmd: &[&str]) -> String {
-    let out = Command::new("docker").arg("exec").arg(st.container_id(service)).args(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(st.container_id(service))
+        .args(cmd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn psql(st: &Stack, sql: &str) -> String {
-    exec(st, "postgres", &["psql", "-U", "postgres", "-d", "app", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+    exec(
+        st,
+        "postgres",
+        &[
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ],
+    )
 }
 
 fn redis(st: &Stack, cmd: &[&str]) -> String {
@@ -45,7 +77,10 @@ fn redis(st: &Stack, cmd: &[&str]) -> String {
 
 fn state(st: &Stack) -> (String, String, String) {
     (
-        psql(st, "select count(*), md5(string_agg(md5(i::text), '' order by id)) from items i"),
+        psql(
+            st,
+            "select count(*), md5(string_agg(md5(i::text), '' order by id)) from items i",
+        ),
         redis(st, &["redis-cli", "dbsize"]),
         exec(st, "app", &["sh", "-c", "cd /data/sessions && ls && cat *"]),
     )
@@ -64,7 +99,12 @@ fn scenario(st: &Stack, args: &[&str], env: &[(&str, &str)]) -> common::Run {
         c.env(k, v);
     }
     let out = run(c);
-    assert!(out.stdout.contains("# Run "), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("# Run "),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     out
 }
 
@@ -78,7 +118,8 @@ fn complete_failure_storage_failure_and_snapshot() {
     // snapshot: the scheduled backup runbook takes a set tagged `scheduled`.
     let out = scenario(&st, &["snapshot"], &[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let sets: serde_json::Value = serde_json::from_str(&run(st.drctl(&["backups", "list", "--json"])).stdout).unwrap();
+    let sets: serde_json::Value =
+        serde_json::from_str(&run(st.drctl(&["backups", "list", "--json"])).stdout).unwrap();
     assert_eq!(sets[0]["tags"], serde_json::json!(["scheduled"]));
 
     // complete-failure: every container and volume is gone.
@@ -88,17 +129,29 @@ fn complete_failure_storage_failure_and_snapshot() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(state(&st), before, "the data is back");
     assert!(out.stdout.contains("- RTO: "), "{}", out.stdout);
-    assert!(out.stdout.contains("| verify-data | verify | ok |"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("| verify-data | verify | ok |"),
+        "{}",
+        out.stdout
+    );
 
     // storage-failure: volumes damaged; the stack is rebuilt on fresh volumes.
     psql(&st, "delete from items where id % 2 = 0");
-    exec(&st, "app", &["sh", "-c", "echo garbage > /data/sessions/alpha"]);
+    exec(
+        &st,
+        "app",
+        &["sh", "-c", "echo garbage > /data/sessions/alpha"],
+    );
     let damaged = state(&st);
     assert_ne!(damaged, before);
     let out = scenario(&st, &["storage-failure"], &[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(state(&st), before);
-    assert!(out.stdout.contains("safety backup"), "what was left is kept first: {}", out.stdout);
+    assert!(
+        out.stdout.contains("safety backup"),
+        "what was left is kept first: {}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -111,12 +164,24 @@ fn session_partial_and_accidental_deletion() {
     let first = backup(&st, "first");
 
     // session-data-corruption: only the session volume comes back.
-    exec(&st, "app", &["sh", "-c", "rm /data/sessions/beta && echo broken > /data/sessions/alpha"]);
+    exec(
+        &st,
+        "app",
+        &[
+            "sh",
+            "-c",
+            "rm /data/sessions/beta && echo broken > /data/sessions/alpha",
+        ],
+    );
     psql(&st, "insert into items values (999999, 'kept', null)");
     let out = scenario(&st, &["session-data-corruption"], &[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(state(&st).2, before.2, "sessions restored");
-    assert_eq!(psql(&st, "select body from items where id = 999999"), "kept", "the database was not touched");
+    assert_eq!(
+        psql(&st, "select body from items where id = 999999"),
+        "kept",
+        "the database was not touched"
+    );
     psql(&st, "delete from items where id = 999999");
 
     // partial-data-corruption: one target, chosen by TARGET.
@@ -138,8 +203,16 @@ fn session_partial_and_accidental_deletion() {
     assert_ne!(first, second);
     let out = scenario(&st, &["accidental-deletion"], &[("BEFORE", &between)]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains(&format!("- backup sets: {first}")), "{}", out.stdout);
-    assert_eq!(state(&st).0, before.0, "the rows deleted after BEFORE are back");
+    assert!(
+        out.stdout.contains(&format!("- backup sets: {first}")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        state(&st).0,
+        before.0,
+        "the rows deleted after BEFORE are back"
+    );
 }
 
 #[test]
@@ -150,7 +223,8 @@ fn migration_rollback() {
     let st = seeded("migrate");
     let before = psql(&st, "select count(*) from items");
     // A migration that works: kept.
-    let good = "psql -U postgres -d app -v ON_ERROR_STOP=1 -c 'alter table items add column note text'";
+    let good =
+        "psql -U postgres -d app -v ON_ERROR_STOP=1 -c 'alter table items add column note text'";
     let out = scenario(&st, &["migration-rollback"], &[("MIGRATION", good)]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(psql(&st, "select count(*) from information_schema.columns where table_name = 'items' and column_name = 'note'"), "1");
@@ -158,18 +232,34 @@ fn migration_rollback() {
     // A migration that changes data, then fails its check: rolled back to the snapshot.
     let bad = "psql -U postgres -d app -v ON_ERROR_STOP=1 -c 'alter table items add column broken int; delete from items where id > 10'";
     let check = "psql -U postgres -d app -v ON_ERROR_STOP=1 -Atc 'select count(*) from items' | grep -qx 20000";
-    let out = scenario(&st, &["migration-rollback"], &[("MIGRATION", bad), ("CHECK", check)]);
+    let out = scenario(
+        &st,
+        &["migration-rollback"],
+        &[("MIGRATION", bad), ("CHECK", check)],
+    );
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("ROLLED BACK"), "{}", out.stdout);
-    assert!(out.stdout.contains("| verify-snapshot (rollback) | verify | ok |"), "{}", out.stdout);
-    assert_eq!(psql(&st, "select count(*) from items"), before, "data equal to before the migration");
+    assert!(
+        out.stdout
+            .contains("| verify-snapshot (rollback) | verify | ok |"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        psql(&st, "select count(*) from items"),
+        before,
+        "data equal to before the migration"
+    );
     assert_eq!(psql(&st, "select count(*) from information_schema.columns where table_name = 'items' and column_name = 'broken'"), "0");
 }
 
 #[test]
 fn qdrant_failure() {
     let Ok(url) = std::env::var("QDRANT_URL") else {
-        skipped("qdrant_failure", "no Qdrant server: set QDRANT_URL (none can be installed in the lab)");
+        skipped(
+            "qdrant_failure",
+            "no Qdrant server: set QDRANT_URL (none can be installed in the lab)",
+        );
         return;
     };
     if !need_docker("qdrant_failure") {
@@ -177,7 +267,11 @@ fn qdrant_failure() {
     }
     let st = seeded("qdrant");
     let cfg = std::fs::read_to_string(st.config()).unwrap();
-    std::fs::write(st.config(), format!("{cfg}  vectors: {{ type: qdrant, url: \"{url}\" }}\n")).unwrap();
+    std::fs::write(
+        st.config(),
+        format!("{cfg}  vectors: {{ type: qdrant, url: \"{url}\" }}\n"),
+    )
+    .unwrap();
     let out = run(st.drctl(&["validate", "qdrant-failure"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
 }

@@ -507,7 +507,8 @@ impl Data<'_> {
                 Ok(t) => t,
                 Err(_) => {
                     let d = drctl_core::duration::parse_duration(b).map_err(DataError::fatal)?;
-                    jiff::Timestamp::now() - jiff::SignedDuration::try_from(d.as_duration()).unwrap_or_default()
+                    jiff::Timestamp::now()
+                        - jiff::SignedDuration::try_from(d.as_duration()).unwrap_or_default()
                 }
             }),
             _ => return Ok(self.repo.select(sel, jiff::Timestamp::now()).await?),
@@ -774,7 +775,10 @@ impl Data<'_> {
                         &mut results,
                         &mut bad,
                         &format!("{name}/{db}"),
-                        then.compare_database(&db, &now).iter().map(|x| x.to_string()).collect(),
+                        then.compare_database(&db, &now)
+                            .iter()
+                            .map(|x| x.to_string())
+                            .collect(),
                         json!({"tables": now.tables.len()}),
                     );
                 }

@@ -217,9 +217,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 BackupsCmd::Prune { dry_run, json } => backups::prune(config, dry_run, json).await,
             }
         }),
-        Command::Rehearse { runbook, backup, keep, yes, json } => {
-            let backup = backup.map(|b| if b == "latest" { drctl_core::runbook::Selection::Latest } else { drctl_core::runbook::Selection::Id(b) });
-            runtime()?.block_on(rehearse::run(config, &runbook, rehearse::RehearseArgs { backup, keep, yes, json }))
+        Command::Rehearse {
+            runbook,
+            backup,
+            keep,
+            yes,
+            json,
+        } => {
+            let backup = backup.map(|b| {
+                if b == "latest" {
+                    drctl_core::runbook::Selection::Latest
+                } else {
+                    drctl_core::runbook::Selection::Id(b)
+                }
+            });
+            runtime()?.block_on(rehearse::run(
+                config,
+                &runbook,
+                rehearse::RehearseArgs {
+                    backup,
+                    keep,
+                    yes,
+                    json,
+                },
+            ))
         }
         Command::Schedule(args) => schedule::run(config, cli.verbose, args),
         Command::Schema { which } => {

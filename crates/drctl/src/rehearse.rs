@@ -44,7 +44,12 @@ fn to_json(n: &Node) -> Value {
             Value::String(text.clone())
         }
         Y::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
-        Y::Map(entries) => Value::Object(entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v))).collect()),
+        Y::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -57,20 +62,32 @@ fn free_port() -> Result<u16, CliError> {
 
 /// Rewrite one compose file for the scratch copy; returns (service, live port spec, new
 /// host port) for each published port, to move target URLs along.
-fn scratch_compose(doc: &mut Value, moved: &mut Vec<(String, String, u16)>) -> Result<(), CliError> {
-    let Some(obj) = doc.as_object_mut() else { return Ok(()) };
+fn scratch_compose(
+    doc: &mut Value,
+    moved: &mut Vec<(String, String, u16)>,
+) -> Result<(), CliError> {
+    let Some(obj) = doc.as_object_mut() else {
+        return Ok(());
+    };
     if let Some(Value::Object(services)) = obj.get_mut("services") {
         for (name, svc) in services.iter_mut() {
-            let Some(svc) = svc.as_object_mut() else { continue };
+            let Some(svc) = svc.as_object_mut() else {
+                continue;
+            };
             // A fixed name would be the live container's name.
             svc.remove("container_name");
-            let Some(Value::Array(ports)) = svc.get_mut("ports") else { continue };
+            let Some(Value::Array(ports)) = svc.get_mut("ports") else {
+                continue;
+            };
             for p in ports.iter_mut() {
                 let new = free_port()?;
                 match p {
                     Value::String(s) => {
                         // [host_ip:]host_port:container_port[/proto], or just container_port.
-                        let (spec, proto) = s.split_once('/').map(|(a, b)| (a.to_string(), format!("/{b}"))).unwrap_or((s.clone(), String::new()));
+                        let (spec, proto) = s
+                            .split_once('/')
+                            .map(|(a, b)| (a.to_string(), format!("/{b}")))
+                            .unwrap_or((s.clone(), String::new()));
                         let container = spec.rsplit(':').next().unwrap_or(&spec).to_string();
                         moved.push((name.clone(), spec.clone(), new));
                         *s = format!("127.0.0.1:{new}:{container}{proto}");
@@ -81,7 +98,10 @@ fn scratch_compose(doc: &mut Value, moved: &mut Vec<(String, String, u16)>) -> R
                         *p = Value::String(format!("127.0.0.1:{new}:{container}"));
                     }
                     Value::Object(m) => {
-                        let old = m.get("published").map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+                        let old = m
+                            .get("published")
+                            .map(|v| v.to_string().trim_matches('"').to_string())
+                            .unwrap_or_default();
                         moved.push((name.clone(), old, new));
                         m.insert("published".into(), json!(new));
                         m.insert("host_ip".into(), json!("127.0.0.1"));
@@ -136,9 +156,18 @@ fn port_of(url: &str) -> Option<u16> {
 }
 
 /// Steps that make the scratch copy a copy: up, gates, restore of every target, verify.
-fn prepare_steps(cfg: &Config, compose: &drctl_core::compose::ComposeModel, sel: &drctl_core::runbook::Selection) -> Result<Vec<drctl_core::runbook::Step>, CliError> {
+fn prepare_steps(
+    cfg: &Config,
+    compose: &drctl_core::compose::ComposeModel,
+    sel: &drctl_core::runbook::Selection,
+) -> Result<Vec<drctl_core::runbook::Step>, CliError> {
     use drctl_core::runbook::*;
-    let services: Vec<String> = compose.services.iter().filter(|s| s.profiles.is_empty()).map(|s| s.name.clone()).collect();
+    let services: Vec<String> = compose
+        .services
+        .iter()
+        .filter(|s| s.profiles.is_empty())
+        .map(|s| s.name.clone())
+        .collect();
     let step = |id: &str, action: Action, needs: Option<Vec<String>>| Step {
         id: id.to_string(),
         name: None,
@@ -149,7 +178,15 @@ fn prepare_steps(cfg: &Config, compose: &drctl_core::compose::ComposeModel, sel:
         action,
         node: Node::new(drctl_core::Pos::START, Y::Null),
     };
-    let mut steps = vec![step("rehearsal-up", Action::Up(UpStep { services, from: UpSource::Compose, recreate: false }), Some(vec![]))];
+    let mut steps = vec![step(
+        "rehearsal-up",
+        Action::Up(UpStep {
+            services,
+            from: UpSource::Compose,
+            recreate: false,
+        }),
+        Some(vec![]),
+    )];
     let mut gates = Vec::new();
     let mut targets = Vec::new();
     for (name, t) in &cfg.targets {
@@ -158,19 +195,51 @@ fn prepare_steps(cfg: &Config, compose: &drctl_core::compose::ComposeModel, sel:
         }
         targets.push(name.clone());
         let check = match t {
-            Target::Postgres(p) => Some(Check::Postgres(PostgresCheck { service: p.service.clone(), database: None, query: None })),
-            Target::Redis(r) => Some(Check::Redis(RedisCheck { service: r.service.clone() })),
+            Target::Postgres(p) => Some(Check::Postgres(PostgresCheck {
+                service: p.service.clone(),
+                database: None,
+                query: None,
+            })),
+            Target::Redis(r) => Some(Check::Redis(RedisCheck {
+                service: r.service.clone(),
+            })),
             _ => None,
         };
         if let Some(check) = check {
             let id = format!("rehearsal-ready-{name}");
-            steps.push(step(&id, Action::Health(HealthStep { check, interval: drctl_core::duration::Dur::secs(1) }), Some(vec!["rehearsal-up".into()])));
+            steps.push(step(
+                &id,
+                Action::Health(HealthStep {
+                    check,
+                    interval: drctl_core::duration::Dur::secs(1),
+                }),
+                Some(vec!["rehearsal-up".into()]),
+            ));
             gates.push(id);
         }
     }
-    let after = if gates.is_empty() { vec!["rehearsal-up".to_string()] } else { gates };
-    steps.push(step("rehearsal-restore", Action::Restore(RestoreStep { targets: targets.clone(), from: Some(sel.clone()), safety_backup: false }), Some(after)));
-    steps.push(step("rehearsal-verify", Action::Verify(VerifyStep { targets, against: None }), Some(vec!["rehearsal-restore".into()])));
+    let after = if gates.is_empty() {
+        vec!["rehearsal-up".to_string()]
+    } else {
+        gates
+    };
+    steps.push(step(
+        "rehearsal-restore",
+        Action::Restore(RestoreStep {
+            targets: targets.clone(),
+            from: Some(sel.clone()),
+            safety_backup: false,
+        }),
+        Some(after),
+    ));
+    steps.push(step(
+        "rehearsal-verify",
+        Action::Verify(VerifyStep {
+            targets,
+            against: None,
+        }),
+        Some(vec!["rehearsal-restore".into()]),
+    ));
     Ok(steps)
 }
 
@@ -184,41 +253,70 @@ pub struct RehearseArgs {
 pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Result<(), CliError> {
     let loaded = context::load(config);
     let live = loaded.require_config()?.clone();
-    let path = resolve_runbook(runbook, loaded.runbooks_dir().as_deref()).map_err(CliError::Usage)?;
+    let path =
+        resolve_runbook(runbook, loaded.runbooks_dir().as_deref()).map_err(CliError::Usage)?;
     // Checked against the live stack first: a broken runbook makes no scratch copy.
     load_runbook(&path, &process_env, loaded.ctx())?;
     if live.stack.compose_files.is_empty() {
         return Err(CliError::Usage("a rehearsal needs the stack's compose files (`stack.compose_files` in drctl.yml) to make its scratch copy".into()));
     }
     let id = new_run_id();
-    let scratch_project = format!("drctl-rehearse-{}", id.to_lowercase().replace(['t', 'z'], "").chars().rev().take(10).collect::<String>().chars().rev().collect::<String>());
+    let scratch_project = format!(
+        "drctl-rehearse-{}",
+        id.to_lowercase()
+            .replace(['t', 'z'], "")
+            .chars()
+            .rev()
+            .take(10)
+            .collect::<String>()
+            .chars()
+            .rev()
+            .collect::<String>()
+    );
     let scratch_dir = live.state_dir().join("rehearsals").join(&id);
-    std::fs::create_dir_all(&scratch_dir).map_err(|e| CliError::Unavailable(format!("failed to create {}: {e}", scratch_dir.display())))?;
+    std::fs::create_dir_all(&scratch_dir).map_err(|e| {
+        CliError::Unavailable(format!("failed to create {}: {e}", scratch_dir.display()))
+    })?;
 
     // The scratch compose files: JSON copies with ports, names and external resources moved.
     let mut moved = Vec::new();
     let mut files = Vec::new();
     for (i, f) in live.compose_files().iter().enumerate() {
-        let text = drctl_core::source::read_text(f).map_err(|d| CliError::Invalid(drctl_core::Diagnostics(vec![d])))?;
+        let text = drctl_core::source::read_text(f)
+            .map_err(|d| CliError::Invalid(drctl_core::Diagnostics(vec![d])))?;
         let node = drctl_core::source::parse_yaml(f, &text, "compose file")?;
         let mut doc = to_json(&node);
         scratch_compose(&mut doc, &mut moved)?;
         let out = scratch_dir.join(format!("compose-{i}.json"));
-        std::fs::write(&out, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|e| CliError::Unavailable(format!("failed to write {}: {e}", out.display())))?;
+        std::fs::write(&out, serde_json::to_vec_pretty(&doc).expect("json")).map_err(|e| {
+            CliError::Unavailable(format!("failed to write {}: {e}", out.display()))
+        })?;
         files.push(out);
     }
     let mut scratch: Config = live.clone();
     scratch.stack.project = scratch_project.clone();
-    let first_dir = live.compose_files()[0].parent().map(PathBuf::from).unwrap_or_default();
-    let project_dir = live.stack.project_dir.as_ref().map(|d| live.resolve(d)).unwrap_or(first_dir);
-    scratch.stack.project_dir = Some(std::fs::canonicalize(&project_dir).unwrap_or(project_dir.clone()));
+    let first_dir = live.compose_files()[0]
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let project_dir = live
+        .stack
+        .project_dir
+        .as_ref()
+        .map(|d| live.resolve(d))
+        .unwrap_or(first_dir);
+    scratch.stack.project_dir =
+        Some(std::fs::canonicalize(&project_dir).unwrap_or(project_dir.clone()));
     scratch.stack.compose_files = files.clone();
     scratch.state_dir = scratch_dir.join("state");
     // Targets that reach a service over a published port follow it to the copy.
     for t in scratch.targets.values_mut() {
         if let Target::Qdrant(q) = t {
             if let (Some(svc), Some(port)) = (q.service.clone(), port_of(&q.url)) {
-                if let Some((_, _, new)) = moved.iter().find(|(s, spec, _)| *s == svc && spec.contains(&port.to_string())) {
+                if let Some((_, _, new)) = moved
+                    .iter()
+                    .find(|(s, spec, _)| *s == svc && spec.contains(&port.to_string()))
+                {
                     q.url = q.url.replace(&format!(":{port}"), &format!(":{new}"));
                 }
             }
@@ -233,26 +331,53 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
         while let Some(i) = rest.find("${") {
             let inner = &rest[i + 2..];
             let end = inner.find('}').unwrap_or(inner.len());
-            let name = inner[..end].split(":-").next().unwrap_or_default().to_string();
+            let name = inner[..end]
+                .split(":-")
+                .next()
+                .unwrap_or_default()
+                .to_string();
             overrides.push((name, new.to_string()));
             rest = &inner[end..];
         }
     }
-    let env = |name: &str| overrides.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| process_env(name));
-    let scratch_ctx = drctl_core::validate::Context { config: Some(&scratch), compose: Some(&compose) };
+    let env = |name: &str| {
+        overrides
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| process_env(name))
+    };
+    let scratch_ctx = drctl_core::validate::Context {
+        config: Some(&scratch),
+        compose: Some(&compose),
+    };
     let mut rb = load_runbook(&path, &env, scratch_ctx)?;
     let _ = &mut rb;
     // Literal live ports in http / tcp gates move too.
-    let literal: Vec<(u16, u16)> = moved.iter().filter_map(|(_, spec, new)| {
-        let parts: Vec<&str> = spec.split(':').collect();
-        (parts.len() >= 2).then(|| parts[parts.len() - 2].parse::<u16>().ok().map(|p| (p, *new))).flatten()
-    }).collect();
+    let literal: Vec<(u16, u16)> = moved
+        .iter()
+        .filter_map(|(_, spec, new)| {
+            let parts: Vec<&str> = spec.split(':').collect();
+            (parts.len() >= 2)
+                .then(|| {
+                    parts[parts.len() - 2]
+                        .parse::<u16>()
+                        .ok()
+                        .map(|p| (p, *new))
+                })
+                .flatten()
+        })
+        .collect();
     for s in rb.steps.iter_mut().chain(rb.rollback.iter_mut()) {
         retarget(s, &literal);
     }
     // The copy starts as the live stack's backup set: bring it up, restore every target into
     // it, verify; then the runbook runs on that. (`--backup` chooses the set.)
-    let selection = args.backup.clone().or_else(|| rb.backup.clone()).unwrap_or(drctl_core::runbook::Selection::Latest);
+    let selection = args
+        .backup
+        .clone()
+        .or_else(|| rb.backup.clone())
+        .unwrap_or(drctl_core::runbook::Selection::Latest);
     let prep = prepare_steps(&scratch, &compose, &selection)?;
     let first_ids: Vec<String> = prep.iter().map(|s| s.id.clone()).collect();
     if let Some(first) = rb.steps.first_mut() {
@@ -268,34 +393,89 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
     for (svc, spec, new) in &moved {
         tracing::info!("rehearsal: {svc} port {spec} -> 127.0.0.1:{new}");
     }
-    eprintln!("rehearsal {id}: scratch copy `{scratch_project}` of `{}` (files in {})", live.stack.project, scratch_dir.display());
+    eprintln!(
+        "rehearsal {id}: scratch copy `{scratch_project}` of `{}` (files in {})",
+        live.stack.project,
+        scratch_dir.display()
+    );
 
-    let runner = Runner::new(scratch.clone(), Some(compose.clone()), rb.backup.clone()).await?.for_rehearsal(&live);
+    let runner = Runner::new(scratch.clone(), Some(compose.clone()), rb.backup.clone())
+        .await?
+        .for_rehearsal(&live);
     let docker = runner.docker_view().await;
-    let plan = build_plan(PlanInput { runbook: &rb, config: Some(&scratch), docker }).map_err(|c| CliError::Failed(format!("dependency cycle: {}", c.join(" -> "))))?;
+    let plan = build_plan(PlanInput {
+        runbook: &rb,
+        config: Some(&scratch),
+        docker,
+    })
+    .map_err(|c| CliError::Failed(format!("dependency cycle: {}", c.join(" -> "))))?;
     let dir = RunDir::new(&scratch.state_dir(), &id);
-    let journal = Arc::new(Journal::open(&dir.journal()).map_err(|e| CliError::Unavailable(format!("failed to open the journal {}: {e}", dir.journal().display())))?);
-    let exec = Executor::new(&id, Arc::new(runner), journal, render::sink(render::mode(args.json)));
-    let opts = RunOptions { yes: args.yes, confirm: None, max_parallel: 0 };
-    let outcome = exec.run(&plan, &[], &opts, async { let _ = tokio::signal::ctrl_c().await; }).await;
+    let journal = Arc::new(Journal::open(&dir.journal()).map_err(|e| {
+        CliError::Unavailable(format!(
+            "failed to open the journal {}: {e}",
+            dir.journal().display()
+        ))
+    })?);
+    let exec = Executor::new(
+        &id,
+        Arc::new(runner),
+        journal,
+        render::sink(render::mode(args.json)),
+    );
+    let opts = RunOptions {
+        yes: args.yes,
+        confirm: None,
+        max_parallel: 0,
+    };
+    let outcome = exec
+        .run(&plan, &[], &opts, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
     let events = Journal::read(&dir.journal()).map_err(CliError::Failed)?;
     let objectives = rb.objectives.clone().or_else(|| live.objectives.clone());
     let report = RunReport::from_events(&events, objectives.as_ref()).expect("events");
-    let _ = std::fs::write(dir.report(), serde_json::to_vec_pretty(&report).expect("report"));
+    let _ = std::fs::write(
+        dir.report(),
+        serde_json::to_vec_pretty(&report).expect("report"),
+    );
 
     // Tear the copy down: its containers, volumes and networks, and the sets it took.
     let mut teardown = Map::new();
     if !args.keep {
         let client = DockerClient::connect()?;
-        let cli = ComposeCli::detect().await.map_err(|e| CliError::Unavailable(e.to_string()))?;
-        let project = ComposeProject { name: scratch_project.clone(), dir: scratch.stack.project_dir.clone().unwrap_or_default(), files: files.clone(), ..Default::default() };
-        let down = client.compose_down(&cli, &project, &compose, &[], true).await;
-        teardown.insert("down".into(), json!(down.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string())));
+        let cli = ComposeCli::detect()
+            .await
+            .map_err(|e| CliError::Unavailable(e.to_string()))?;
+        let project = ComposeProject {
+            name: scratch_project.clone(),
+            dir: scratch.stack.project_dir.clone().unwrap_or_default(),
+            files: files.clone(),
+            ..Default::default()
+        };
+        let down = client
+            .compose_down(&cli, &project, &compose, &[], true)
+            .await;
+        teardown.insert(
+            "down".into(),
+            json!(down
+                .as_ref()
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e.to_string())),
+        );
         if let Ok(repo) = drctl_repo::Repository::open(&live, &process_env) {
             if let Ok(sets) = repo.list().await {
-                for s in sets.iter().filter(|s| s.stack.as_deref() == Some(scratch_project.as_str())) {
+                for s in sets
+                    .iter()
+                    .filter(|s| s.stack.as_deref() == Some(scratch_project.as_str()))
+                {
                     let r = repo.delete_set(&s.id).await;
-                    teardown.insert(format!("set {}", s.id), json!(r.map(|_| "deleted".to_string()).unwrap_or_else(|e| e.to_string())));
+                    teardown.insert(
+                        format!("set {}", s.id),
+                        json!(r
+                            .map(|_| "deleted".to_string())
+                            .unwrap_or_else(|e| e.to_string())),
+                    );
                 }
             }
         }
@@ -307,12 +487,22 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
         if args.keep {
             println!("the scratch copy `{scratch_project}` was kept; remove it with: docker-compose -p {scratch_project} {} down -v", files.iter().map(|f| format!("-f {}", f.display())).collect::<Vec<_>>().join(" "));
         } else {
-            println!("scratch copy `{scratch_project}` torn down: {}", teardown.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join("; "));
+            println!(
+                "scratch copy `{scratch_project}` torn down: {}",
+                teardown
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
         }
     }
     match outcome.status {
         RunStatus::Succeeded => Ok(()),
         RunStatus::Interrupted => Err(CliError::Interrupted(outcome.message)),
-        _ => Err(CliError::Failed(format!("rehearsal {id} did not succeed: {}", outcome.message))),
+        _ => Err(CliError::Failed(format!(
+            "rehearsal {id} did not succeed: {}",
+            outcome.message
+        ))),
     }
 }

@@ -64,7 +64,8 @@ impl Runner {
     /// Run against a scratch copy of the stack (`config` names the copy), restoring the
     /// sets of the live stack `source_stack` from its repository.
     pub fn for_rehearsal(mut self, live: &Config) -> Self {
-        self.repo = drctl_repo::Repository::open(live, &drctl_core::source::process_env).map_err(|e| e.to_string());
+        self.repo = drctl_repo::Repository::open(live, &drctl_core::source::process_env)
+            .map_err(|e| e.to_string());
         self.source_stack = live.stack.project.clone();
         self.rehearsal = true;
         self
@@ -142,7 +143,9 @@ impl Runner {
         ctx.progress(format!("using backup set {} taken {}", m.id, m.started));
         let data = self.data()?;
         let out = data
-            .restore(&m, &r.targets, r.safety_backup && !self.rehearsal, &|m| ctx.progress(m))
+            .restore(&m, &r.targets, r.safety_backup && !self.rehearsal, &|m| {
+                ctx.progress(m)
+            })
             .await
             .map_err(dataerr)?;
         let what = out["restored"]
@@ -644,7 +647,11 @@ impl Runner {
         })
     }
 
-    async fn down(&self, a: &drctl_core::runbook::DownStep, ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    async fn down(
+        &self,
+        a: &drctl_core::runbook::DownStep,
+        ctx: &StepCtx,
+    ) -> Result<StepOutput, StepError> {
         let model = self.model()?;
         let project = self.compose_project()?;
         let cli = ComposeCli::detect()
@@ -658,7 +665,12 @@ impl Runner {
             let m = data
                 .backup(&[], vec!["safety".into()], true, &|m| ctx.progress(m))
                 .await
-                .map_err(|e| StepError::new(format!("failed to take the safety backup, so nothing was removed: {}", e.message)))?;
+                .map_err(|e| {
+                    StepError::new(format!(
+                        "failed to take the safety backup, so nothing was removed: {}",
+                        e.message
+                    ))
+                })?;
             ctx.progress(format!("safety backup {} taken", m.id));
             safety = Some(m.id);
         }
@@ -667,7 +679,11 @@ impl Runner {
             .compose_down(&cli, &project, model, &refs, a.volumes)
             .await
             .map_err(err)?;
-        let what = if refs.is_empty() { "project down".to_string() } else { format!("down: {}", refs.join(", ")) };
+        let what = if refs.is_empty() {
+            "project down".to_string()
+        } else {
+            format!("down: {}", refs.join(", "))
+        };
         Ok(StepOutput {
             message: match &safety {
                 Some(id) => format!("{what} (safety backup {id})"),

@@ -285,6 +285,10 @@ pub(crate) struct JobState {
     /// skipped. An interrupted run does not count: the catch-up at the next start runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_due: Option<Timestamp>,
+    /// The due time of a run that started and did not end (interrupted, or drctl was
+    /// killed): the catch-up at the next start runs the job again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_id: Option<String>,
     /// success, failure, interrupted or skipped.
@@ -359,6 +363,9 @@ pub(crate) struct JobMetrics {
     pub prune_failures: u64,
 }
 
+/// A family's samples for one job: extra labels (`,result="success"`) and values.
+type Samples = dyn Fn(&JobMetrics) -> Vec<(String, f64)>;
+
 #[derive(Default)]
 pub(crate) struct Metrics {
     jobs: Mutex<BTreeMap<String, JobMetrics>>,
@@ -384,13 +391,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = String::new();
-        let mut family = |name: &str,
-                          kind: &str,
-                          help: &str,
-                          sample: &dyn Fn(&str, &JobMetrics) -> Vec<(String, f64)>| {
+        let mut family = |name: &str, kind: &str, help: &str, sample: &Samples| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (job, m) in &jobs {
-                for (extra, v) in sample(&label(job), m) {
+                for (extra, v) in sample(m) {
                     out.push_str(&format!("{name}{{job=\"{}\"{extra}}} {v}\n", label(job)));
                 }
             }
@@ -399,13 +403,13 @@ impl Metrics {
             "drctl_job_last_success_timestamp_seconds",
             "gauge",
             "When the job's runbook last succeeded, in Unix time (0: never).",
-            &|_, m| vec![(String::new(), m.last_success.map_or(0.0, secs))],
+            &|m| vec![(String::new(), m.last_success.map_or(0.0, secs))],
         );
         family(
             "drctl_job_last_duration_seconds",
             "gauge",
             "How long the job's last run took (its runbook and the prune after it).",
-            &|_, m| {
+            &|m| {
                 m.last_duration
                     .map(|d| (String::new(), d))
                     .into_iter()
@@ -416,7 +420,7 @@ impl Metrics {
             "drctl_job_runs_total",
             "counter",
             "Due times of the job by outcome: success; failure (the run failed, was interrupted or could not start); skipped (the stack was busy).",
-            &|_, m| {
+            &|m| {
                 vec![
                     (",result=\"success\"".into(), m.success as f64),
                     (",result=\"failure\"".into(), m.failure as f64),
@@ -428,25 +432,30 @@ impl Metrics {
             "drctl_job_bytes_total",
             "counter",
             "Stored bytes of the backup sets the job's runs took (backup steps' stored_bytes).",
-            &|_, m| vec![(String::new(), m.bytes as f64)],
+            &|m| vec![(String::new(), m.bytes as f64)],
         );
         family(
             "drctl_job_running",
             "gauge",
             "1 while the job runs.",
-            &|_, m| vec![(String::new(), if m.running { 1.0 } else { 0.0 })],
+            &|m| vec![(String::new(), if m.running { 1.0 } else { 0.0 })],
         );
         family(
             "drctl_job_next_run_timestamp_seconds",
             "gauge",
             "The job's next due time, in Unix time.",
-            &|_, m| m.next_run.map(|t| (String::new(), secs(t))).into_iter().collect(),
+            &|m| {
+                m.next_run
+                    .map(|t| (String::new(), secs(t)))
+                    .into_iter()
+                    .collect()
+            },
         );
         family(
             "drctl_job_prune_failures_total",
             "counter",
             "Prunes after a successful run that failed (the run still counts as a success).",
-            &|_, m| vec![(String::new(), m.prune_failures as f64)],
+            &|m| vec![(String::new(), m.prune_failures as f64)],
         );
         out
     }
@@ -556,6 +565,8 @@ enum Why {
     Scheduled,
     /// Due times passed while drctl schedule was down (how many, capped).
     CatchUp(u64),
+    /// The job's last run was cut off (a shutdown past the grace period, or a crash).
+    Unfinished,
     /// --now, or --once --job.
     Requested,
 }
@@ -597,6 +608,7 @@ struct Shared {
     abandon: CancellationToken,
     /// The jobs of this scheduler take turns.
     turn: tokio::sync::Mutex<()>,
+    catch_up: CatchUp,
 }
 
 /// The schedules to run, checked: cron expressions, runbooks (every problem at once),
@@ -620,9 +632,9 @@ fn select_jobs(loaded: &Loaded, cfg: &Config, only: &[String]) -> Result<Vec<Job
     for o in only {
         if !names.contains(&o.as_str()) {
             return Err(CliError::Usage(format!(
-                "{} in {}",
-                drctl_core::diag::unknown_message("schedule", o, &names),
-                cfg.file.display()
+                "{}: {}",
+                cfg.file.display(),
+                drctl_core::diag::unknown_message("schedule", o, &names)
             )));
         }
     }
@@ -634,7 +646,11 @@ fn select_jobs(loaded: &Loaded, cfg: &Config, only: &[String]) -> Result<Vec<Job
         .filter(|s| only.is_empty() || only.contains(&s.name))
     {
         let cron = Cron::parse(&s.cron).map_err(|e| {
-            CliError::Usage(format!("schedule `{}` in {}: {e}", s.name, cfg.file.display()))
+            CliError::Usage(format!(
+                "schedule `{}` in {}: {e}",
+                s.name,
+                cfg.file.display()
+            ))
         })?;
         if s.prune && cfg.retention.is_none() {
             return Err(CliError::Usage(format!(
@@ -688,16 +704,25 @@ fn due_at_start(
     }
     let last = state.and_then(|s| s.last_due);
     if catch_up == CatchUp::Once {
-        if let Some(ld) = last {
-            if let Some((at, n)) = job.cron.latest_in(ld, now) {
-                // A due time in the current minute is simply due, not missed.
-                let why = if n == 1 && once && at == minute_of(now) {
-                    Why::Scheduled
-                } else {
-                    Why::CatchUp(n)
-                };
-                return Some(Due { at, why });
-            }
+        // Due times after the last one handled or started.
+        let seen = match (last, state.and_then(|s| s.unfinished)) {
+            (Some(l), Some(u)) => Some(l.max(u)),
+            (l, u) => l.or(u),
+        };
+        if let Some((at, n)) = seen.and_then(|t| job.cron.latest_in(t, now)) {
+            // A due time in the current minute is simply due, not missed.
+            let why = if n == 1 && once && at == minute_of(now) {
+                Why::Scheduled
+            } else {
+                Why::CatchUp(n)
+            };
+            return Some(Due { at, why });
+        }
+        if let Some(at) = state.and_then(|s| s.unfinished) {
+            return Some(Due {
+                at,
+                why: Why::Unfinished,
+            });
         }
     }
     if once {
@@ -782,9 +807,27 @@ fn log_event(job: &str, run_id: &str, e: &Event) {
         } => {
             let st = format!("{status:?}").to_lowercase();
             if matches!(status, StepStatus::Failed | StepStatus::Interrupted) {
-                tracing::warn!(job, run_id, step = id.as_str(), kind = kind.as_str(), status = st, duration_ms, attempts, "step finished: {message}")
+                tracing::warn!(
+                    job,
+                    run_id,
+                    step = id.as_str(),
+                    kind = kind.as_str(),
+                    status = st,
+                    duration_ms,
+                    attempts,
+                    "step finished: {message}"
+                )
             } else {
-                tracing::info!(job, run_id, step = id.as_str(), kind = kind.as_str(), status = st, duration_ms, attempts, "step finished: {message}")
+                tracing::info!(
+                    job,
+                    run_id,
+                    step = id.as_str(),
+                    kind = kind.as_str(),
+                    status = st,
+                    duration_ms,
+                    attempts,
+                    "step finished: {message}"
+                )
             }
         }
         EventKind::RunFinished {
@@ -794,9 +837,21 @@ fn log_event(job: &str, run_id: &str, e: &Event) {
         } => {
             let st = format!("{status:?}").to_lowercase();
             if *status == RunStatus::Succeeded {
-                tracing::info!(job, run_id, status = st, duration_ms, "run finished: {message}")
+                tracing::info!(
+                    job,
+                    run_id,
+                    status = st,
+                    duration_ms,
+                    "run finished: {message}"
+                )
             } else {
-                tracing::warn!(job, run_id, status = st, duration_ms, "run finished: {message}")
+                tracing::warn!(
+                    job,
+                    run_id,
+                    status = st,
+                    duration_ms,
+                    "run finished: {message}"
+                )
             }
         }
     }
@@ -874,6 +929,10 @@ async fn run_job(sh: &Shared, job: &Job, due: Due) -> JobSummary {
             if n > 1000 { "+" } else { "" },
             due.at
         ),
+        Why::Unfinished => format!(
+            "catching up: its run due at {} was cut off by a shutdown or a crash",
+            due.at
+        ),
     };
     tracing::info!(job = name, due = %due.at, cron = job.expr.as_str(), runbook = job.runbook.as_str(), "job starts ({why})");
     let mut summary = JobSummary {
@@ -900,6 +959,10 @@ async fn run_job(sh: &Shared, job: &Job, due: Due) -> JobSummary {
         Ok((rb, dir, meta, lock)) => {
             summary.run_id = Some(meta.run_id.clone());
             sh.metrics.update(name, |m| m.running = true);
+            // Until the run ends: a crash leaves this for the catch-up to see.
+            let mut st = read_state(&sh.state_dir, name).unwrap_or_default();
+            st.unfinished = Some(st.unfinished.map_or(due.at, |u| u.max(due.at)));
+            write_state(&sh.state_dir, name, &st);
             let before = running_containers(&sh.config.stack.project).await;
             let run_id = meta.run_id.clone();
             let job_name = job.name.clone();
@@ -932,8 +995,13 @@ async fn run_job(sh: &Shared, job: &Job, due: Due) -> JobSummary {
                             tracing::warn!(
                                 job = name,
                                 run_id = meta.run_id.as_str(),
-                                "job interrupted; `drctl resume {}` continues its run, and the next start of drctl schedule runs the job again",
-                                meta.run_id
+                                "job interrupted; `drctl resume {}` continues its run{}",
+                                meta.run_id,
+                                if sh.catch_up == CatchUp::Once {
+                                    ", or the next start of drctl schedule runs the job again"
+                                } else {
+                                    ""
+                                }
                             );
                             End::Interrupted
                         }
@@ -979,6 +1047,9 @@ async fn run_job(sh: &Shared, job: &Job, due: Due) -> JobSummary {
     let mut st = read_state(&sh.state_dir, name).unwrap_or_default();
     if end != End::Interrupted {
         st.last_due = Some(st.last_due.map_or(due.at, |l| l.max(due.at)));
+    }
+    if ran && end != End::Interrupted {
+        st.unfinished = None;
     }
     st.last_result = Some(end.word().to_string());
     if ran {
@@ -1294,17 +1365,25 @@ async fn schedule(config: Option<&Path>, args: ScheduleArgs) -> Result<(), CliEr
             m.last_duration = st.as_ref().and_then(|s| s.last_duration_seconds);
         });
         let due = due_at_start(&job, st.as_ref(), now, requested, args.once, args.catch_up);
-        if let Some(Due {
-            at,
-            why: Why::CatchUp(n),
-        }) = due
-        {
-            tracing::info!(
+        match due {
+            Some(Due {
+                at,
+                why: Why::CatchUp(n),
+            }) => tracing::info!(
                 job = job.name.as_str(),
                 missed = n,
                 newest_missed = %at,
                 "due times passed while drctl schedule was down; the job runs once now (--catch-up once)"
-            );
+            ),
+            Some(Due {
+                at,
+                why: Why::Unfinished,
+            }) => tracing::info!(
+                job = job.name.as_str(),
+                due = %at,
+                "the job's last run was cut off; it runs once now (--catch-up once)"
+            ),
+            _ => {}
         }
         plan.push((Arc::new(job), due));
     }
@@ -1318,6 +1397,7 @@ async fn schedule(config: Option<&Path>, args: ScheduleArgs) -> Result<(), CliEr
         stop: stop.clone(),
         abandon: CancellationToken::new(),
         turn: tokio::sync::Mutex::new(()),
+        catch_up: args.catch_up,
     });
 
     let server_stop = CancellationToken::new();
@@ -1329,8 +1409,15 @@ async fn schedule(config: Option<&Path>, args: ScheduleArgs) -> Result<(), CliEr
             ))
         })?;
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-        tracing::info!(address = local.as_str(), "metrics at http://{local}/metrics");
-        tokio::spawn(serve_metrics(listener, metrics.clone(), server_stop.clone()));
+        tracing::info!(
+            address = local.as_str(),
+            "metrics at http://{local}/metrics"
+        );
+        tokio::spawn(serve_metrics(
+            listener,
+            metrics.clone(),
+            server_stop.clone(),
+        ));
     }
 
     let names: Vec<String> = plan
@@ -1476,7 +1563,9 @@ mod tests {
         assert!(Cron::parse("5-1 * * * *")
             .unwrap_err()
             .contains("runs backwards"));
-        assert!(Cron::parse("0 0 0 * *").unwrap_err().contains("day-of-month"));
+        assert!(Cron::parse("0 0 0 * *")
+            .unwrap_err()
+            .contains("day-of-month"));
     }
 
     #[test]
@@ -1533,6 +1622,15 @@ mod tests {
             CatchUp::Once
         )
         .is_none());
+        // A run cut off by a shutdown or a crash runs again, once.
+        let cut = JobState {
+            last_due: Some(ts("2026-03-01T12:00:00Z")),
+            unfinished: Some(ts("2026-03-01T13:00:00Z")),
+            ..Default::default()
+        };
+        let d = due_at_start(&j, Some(&cut), now, false, false, CatchUp::Once).unwrap();
+        assert_eq!((d.at, d.why), (ts("2026-03-01T13:00:00Z"), Why::Unfinished));
+        assert!(due_at_start(&j, Some(&cut), now, false, false, CatchUp::Never).is_none());
         // --catch-up never.
         assert!(due_at_start(
             &j,
