@@ -73,6 +73,9 @@ enum Command {
         /// Answer `confirm` steps with yes.
         #[arg(long, short)]
         yes: bool,
+        /// The backup set restores use: a set id, or `latest` (overrides the runbook's `backup:`).
+        #[arg(long, value_name = "ID|latest")]
+        backup: Option<String>,
         /// Events as JSON lines on stdout, then the report as one JSON line.
         #[arg(long)]
         json: bool,
@@ -167,6 +170,15 @@ enum SchemaKind {
     Config,
 }
 
+/// `--backup ID|latest`.
+fn selection_arg(b: &str) -> drctl_core::runbook::Selection {
+    if b == "latest" {
+        drctl_core::runbook::Selection::Latest
+    } else {
+        drctl_core::runbook::Selection::Id(b.to_string())
+    }
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -200,12 +212,28 @@ fn run(cli: Cli) -> Result<(), CliError> {
             offline,
         } => runtime()?.block_on(plan::run(config, &runbook, json, offline)),
         Command::Doctor { json } => runtime()?.block_on(doctor::run(config, json)),
-        Command::Run { runbook, yes, json } => {
-            runtime()?.block_on(run::run(config, &runbook, run::RunArgs { yes, json }))
+        Command::Run {
+            runbook,
+            yes,
+            backup,
+            json,
+        } => {
+            let backup = backup.map(|b| selection_arg(&b));
+            runtime()?.block_on(run::run(
+                config,
+                &runbook,
+                run::RunArgs { yes, json, backup },
+            ))
         }
-        Command::Resume { run_id, yes, json } => {
-            runtime()?.block_on(run::resume(config, &run_id, run::RunArgs { yes, json }))
-        }
+        Command::Resume { run_id, yes, json } => runtime()?.block_on(run::resume(
+            config,
+            &run_id,
+            run::RunArgs {
+                yes,
+                json,
+                backup: None,
+            },
+        )),
         Command::Status { json } => runtime()?.block_on(status::run(config, json)),
         Command::Report { run_id, format } => run::report(config, run_id.as_deref(), &format),
         Command::Backup { tags, json } => runtime()?.block_on(backups::backup(config, tags, json)),

@@ -33,11 +33,16 @@ pub struct RunMeta {
     pub project: String,
     pub objectives: Option<Objectives>,
     pub created_at: jiff::Timestamp,
+    /// `--backup` given to `drctl run`, kept for `drctl resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<drctl_core::runbook::Selection>,
 }
 
 pub struct RunArgs {
     pub yes: bool,
     pub json: bool,
+    /// Overrides the runbook's `backup:` (`--backup ID|latest`).
+    pub backup: Option<drctl_core::runbook::Selection>,
 }
 
 fn state_dir(loaded: &Loaded) -> Result<PathBuf, CliError> {
@@ -67,7 +72,13 @@ fn confirm_prompt() -> Option<drctl_core::exec::executor::Confirm> {
 
 pub async fn run(config: Option<&Path>, runbook: &str, args: RunArgs) -> Result<(), CliError> {
     let loaded = context::load(config);
-    let (rb, dir, meta, lock) = start_run(&loaded, runbook, &format!("drctl run {runbook}"))?;
+    let (mut rb, dir, mut meta, lock) =
+        start_run(&loaded, runbook, &format!("drctl run {runbook}"))?;
+    if let Some(sel) = args.backup.clone() {
+        rb.backup = Some(sel.clone());
+        meta.backup = Some(sel);
+        let _ = std::fs::write(dir.meta(), serde_json::to_vec_pretty(&meta).expect("meta"));
+    }
     execute(&loaded, &rb, &dir, &meta, Vec::new(), args, lock).await
 }
 
@@ -113,6 +124,7 @@ pub(crate) fn start_run(
         project: cfg.stack.project.clone(),
         objectives: rb.objectives.clone().or_else(|| cfg.objectives.clone()),
         created_at: jiff::Timestamp::now(),
+        backup: None,
     };
     std::fs::write(dir.meta(), serde_json::to_vec_pretty(&meta).expect("meta")).map_err(|e| {
         CliError::Unavailable(format!("failed to write {}: {e}", dir.meta().display()))
@@ -161,7 +173,10 @@ pub async fn resume(config: Option<&Path>, run_id: &str, args: RunArgs) -> Resul
     let text = std::fs::read_to_string(dir.runbook())
         .map_err(|e| CliError::Usage(format!("failed to read {}: {e}", dir.runbook().display())))?;
     // Parse the saved copy, under the original path so that messages point at it.
-    let rb = parse_runbook(&meta.runbook_path, &text, &process_env)?;
+    let mut rb = parse_runbook(&meta.runbook_path, &text, &process_env)?;
+    if let Some(sel) = &meta.backup {
+        rb.backup = Some(sel.clone());
+    }
     let diags = validate::check_runbook(&rb, loaded.ctx());
     if !diags.is_empty() {
         return Err(CliError::Invalid(diags));
