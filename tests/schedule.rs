@@ -215,7 +215,8 @@ fn cron_job_runs_prunes_shares_the_lock_and_exports_metrics() {
         .path()
         .join(format!("state/locks/{}.lock", st.project));
     wait_for("the run to take the lock", Duration::from_secs(30), || {
-        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("drctl run"))
+        // The file keeps the last holder's details after release: wait for this run's.
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&format!("drctl run {slow}")))
     });
     let log = logs.path().join("skip.log");
     let out = run(st
