@@ -4,13 +4,14 @@
 //! ([`DockerClient::service_containers`]), stop / start / restart them (with a guard that
 //! starts again what drctl stopped, [`StoppedGuard`]), bring services back through compose
 //! ([`compose`]) or from captured specs ([`spec`]), exec with streamed stdio ([`exec`]),
-//! snapshot and restore volumes through the archive API ([`volume`]) and wait on health
-//! gates ([`health`]).
+//! snapshot and restore volumes through the archive API or, on the Docker host, in place at
+//! their mountpoint ([`volume`]), and wait on health gates ([`health`]).
 
 pub mod compose;
 pub mod containers;
 pub mod exec;
 pub mod health;
+mod hostpath;
 pub mod spec;
 mod tarstream;
 mod temp;
@@ -29,7 +30,8 @@ pub use exec::{ExecOptions, ExecOutput};
 pub use health::{Poll, Probe};
 pub use spec::{ContainerSpec, EndpointSpec, NetworkSpec, VolumeSpec};
 pub use volume::{
-    RestoreOptions, RestoreReport, SnapshotOptions, SnapshotReader, SnapshotReport, VolumeUser,
+    fast_path_from_env, RestoreOptions, RestoreReport, SnapshotOptions, SnapshotReader,
+    SnapshotReport, VolumeUser,
 };
 
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";

@@ -18,6 +18,12 @@
 //! links, empty directories and file contents survive byte for byte. Sparseness does not:
 //! the daemon's tar writer stores holes as zeros and its extractor writes them out, so a
 //! 1 GiB sparse file comes back with the same content but fully allocated.
+//!
+//! Host fast path: with `fast_path` set (in the options, or `DRCTL_VOLUME_FAST_PATH=1` in
+//! the environment for the defaults), a volume whose files are reachable on this host is
+//! read and written in place instead ([`crate::hostpath`]): the same tar stream, the same
+//! guard on the containers that use it; otherwise the archive API is used and the report
+//! says why. Reports name the path taken (`path`: `api` or `host`).
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -51,6 +57,17 @@ pub struct SnapshotOptions {
     /// of any container using the volume, else any local image, is used: the container is
     /// never started, so any image does.
     pub image: Option<String>,
+    /// Read the volume's files at its mountpoint on this host when that is possible (see
+    /// [`crate::hostpath`]), else through the archive API. Default: `DRCTL_VOLUME_FAST_PATH`
+    /// (`1` / `true`), else false.
+    pub fast_path: bool,
+}
+
+/// `DRCTL_VOLUME_FAST_PATH=1` (or `true`, `yes`): the default of `fast_path`.
+pub fn fast_path_from_env() -> bool {
+    std::env::var("DRCTL_VOLUME_FAST_PATH")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        .unwrap_or(false)
 }
 
 impl Default for SnapshotOptions {
@@ -59,6 +76,7 @@ impl Default for SnapshotOptions {
             stop_users: false,
             grace: Duration::from_secs(30),
             image: None,
+            fast_path: fast_path_from_env(),
         }
     }
 }
@@ -80,6 +98,10 @@ pub struct RestoreOptions {
     /// Request timeout of the upload: the daemon answers only once it has extracted all of
     /// it, so this bounds the whole transfer. Default 24 h (the step's timeout governs).
     pub upload_timeout: Duration,
+    /// Write the volume's files at its mountpoint on this host when that is possible (see
+    /// [`crate::hostpath`]), else through the archive API. Default: `DRCTL_VOLUME_FAST_PATH`
+    /// (`1` / `true`), else false.
+    pub fast_path: bool,
 }
 
 impl Default for RestoreOptions {
@@ -90,6 +112,7 @@ impl Default for RestoreOptions {
             image: None,
             create: None,
             upload_timeout: Duration::from_secs(24 * 3600),
+            fast_path: fast_path_from_env(),
         }
     }
 }
@@ -107,6 +130,12 @@ pub struct SnapshotReport {
     /// Containers stopped for the snapshot and started again.
     pub stopped: Vec<String>,
     pub seconds: f64,
+    /// How the files were read: `api` (the daemon's archive API) or `host` (in place, at
+    /// the volume's mountpoint).
+    pub path: &'static str,
+    /// Why the host path was asked for but not taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,10 +144,28 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub entries: u64,
     pub file_bytes: u64,
-    /// How the volume was emptied: `container from image …` or `volume recreated`.
+    /// How the volume was emptied: `container from image …`, `volume recreated` or
+    /// `in place on the host`.
     pub emptied_by: String,
     pub stopped: Vec<String>,
     pub seconds: f64,
+    /// How the files were written: `api` (the daemon's archive API) or `host` (in place,
+    /// at the volume's mountpoint).
+    pub path: &'static str,
+    /// Why the host path was asked for but not taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path_refused: Option<String>,
+}
+
+/// What one snapshot or restore moved, and how.
+struct Moved {
+    bytes: u64,
+    entries: u64,
+    file_bytes: u64,
+    /// Snapshot: the container or directory read from; restore: how it was emptied.
+    via: String,
+    path: &'static str,
+    refused: Option<String>,
 }
 
 /// A container that mounts a volume.
@@ -211,21 +258,24 @@ impl DockerClient {
             .snapshot_inner(volume, &users, opts, out, &action)
             .await;
         let result = finish_guard(guard, result).await;
-        let (bytes, entries, file_bytes, source) = result?;
+        let m = result?;
         let report = SnapshotReport {
             volume: volume.to_string(),
-            bytes,
-            entries,
-            file_bytes,
-            source,
+            bytes: m.bytes,
+            entries: m.entries,
+            file_bytes: m.file_bytes,
+            source: m.via,
             stopped,
             seconds: t0.elapsed().as_secs_f64(),
+            path: m.path,
+            fast_path_refused: m.refused,
         };
         tracing::info!(
             volume,
             bytes = report.bytes,
             entries = report.entries,
             seconds = report.seconds,
+            path = report.path,
             "volume snapshot done"
         );
         Ok(report)
@@ -258,7 +308,32 @@ impl DockerClient {
         opts: &SnapshotOptions,
         out: &mut (dyn AsyncWrite + Unpin + Send),
         action: &str,
-    ) -> Result<(u64, u64, u64, String), DockerError> {
+    ) -> Result<Moved, DockerError> {
+        let mut refused = None;
+        if opts.fast_path {
+            match crate::hostpath::host_dir(self, volume).await {
+                Ok(dir) => {
+                    tracing::debug!(volume, dir = %dir.display(), "reading volume on the host");
+                    let via = format!("host:{}", dir.display());
+                    let c = crate::hostpath::snapshot(dir, volume, out).await?;
+                    return Ok(Moved {
+                        bytes: c.bytes,
+                        entries: c.entries,
+                        file_bytes: c.file_bytes,
+                        via,
+                        path: "host",
+                        refused: None,
+                    });
+                }
+                Err(why) => {
+                    tracing::info!(
+                        volume,
+                        "host path not used: {why}; reading through the archive API"
+                    );
+                    refused = Some(why);
+                }
+            }
+        }
         // An existing container that mounts the whole volume with nothing mounted below.
         let mut source = None;
         for u in users.iter().filter(|u| !u.nested) {
@@ -289,7 +364,14 @@ impl DockerClient {
             }
         }
         let (bytes, entries, file_bytes) = result?;
-        Ok((bytes, entries, file_bytes, container))
+        Ok(Moved {
+            bytes,
+            entries,
+            file_bytes,
+            via: container,
+            path: "api",
+            refused,
+        })
     }
 
     /// Stream `DIR/.` of a container, renamed relative to the volume's root, into `out`.
@@ -412,21 +494,24 @@ impl DockerClient {
         let result = self
             .restore_inner(volume, &users, opts, first, input, &action)
             .await;
-        let (bytes, entries, file_bytes, emptied_by) = finish_guard(guard, result).await?;
+        let m = finish_guard(guard, result).await?;
         let report = RestoreReport {
             volume: volume.to_string(),
-            bytes,
-            entries,
-            file_bytes,
-            emptied_by,
+            bytes: m.bytes,
+            entries: m.entries,
+            file_bytes: m.file_bytes,
+            emptied_by: m.via,
             stopped,
             seconds: t0.elapsed().as_secs_f64(),
+            path: m.path,
+            fast_path_refused: m.refused,
         };
         tracing::info!(
             volume,
             bytes = report.bytes,
             entries = report.entries,
             seconds = report.seconds,
+            path = report.path,
             "volume restore done"
         );
         Ok(report)
@@ -440,7 +525,31 @@ impl DockerClient {
         first: Bytes,
         input: &mut (dyn AsyncRead + Unpin + Send),
         action: &str,
-    ) -> Result<(u64, u64, u64, String), DockerError> {
+    ) -> Result<Moved, DockerError> {
+        let mut refused = None;
+        if opts.fast_path {
+            match crate::hostpath::host_dir(self, volume).await {
+                Ok(dir) => {
+                    tracing::debug!(volume, dir = %dir.display(), "writing volume on the host");
+                    let c = crate::hostpath::restore(dir, volume, first, input).await?;
+                    return Ok(Moved {
+                        bytes: c.bytes,
+                        entries: c.entries,
+                        file_bytes: c.file_bytes,
+                        via: "in place on the host".into(),
+                        path: "host",
+                        refused: None,
+                    });
+                }
+                Err(why) => {
+                    tracing::info!(
+                        volume,
+                        "host path not used: {why}; writing through the archive API"
+                    );
+                    refused = Some(why);
+                }
+            }
+        }
         // Emptying. A temporary container from an image with `sh` that mounts the volume
         // and deletes its contents works for every volume driver and leaves the volume
         // itself (name, driver, options, labels, users' references) untouched; images of
@@ -502,7 +611,14 @@ impl DockerClient {
             tracing::warn!("{e}");
         }
         let (bytes, entries, file_bytes) = result?;
-        Ok((bytes, entries, file_bytes, emptied_by))
+        Ok(Moved {
+            bytes,
+            entries,
+            file_bytes,
+            via: emptied_by,
+            path: "api",
+            refused,
+        })
     }
 
     /// A temporary container that has emptied the volume (and is stopped, ready to

@@ -11,6 +11,7 @@ mod compose;
 mod containers;
 mod exec;
 mod health;
+mod hostpath;
 mod spec;
 mod unreachable;
 mod volume;
