@@ -221,6 +221,22 @@ where
     Ok((rec, out))
 }
 
+/// A record an item of a set carries (a fingerprint, a volume spec), or an error naming
+/// the set and the item.
+fn recorded<T: serde::de::DeserializeOwned>(
+    m: &Manifest,
+    item: &ItemRecord,
+    v: &Value,
+    what: &str,
+) -> Result<T> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        DataError::fatal(format!(
+            "backup set {} item {} has no {what}: {e}",
+            m.id, item.name
+        ))
+    })
+}
+
 /// Record one verification result.
 fn record(
     results: &mut BTreeMap<String, Value>,
@@ -612,13 +628,8 @@ impl Data<'_> {
         for (item, name, t) in &items {
             match t {
                 Target::Volume(v) => {
-                    let fp: VolumeFingerprint = serde_json::from_value(item.fingerprint.clone())
-                        .map_err(|e| {
-                            DataError::fatal(format!(
-                                "backup set {} item {} has no usable volume record: {e}",
-                                m.id, item.name
-                            ))
-                        })?;
+                    let fp: VolumeFingerprint =
+                        recorded(m, item, &item.fingerprint, "usable volume record")?;
                     let (full, _) = self.volume_name(v).await?;
                     let mut create = fp.volume.clone();
                     create.name = full.clone();
@@ -720,13 +731,8 @@ impl Data<'_> {
         for (item, name, t) in &items {
             match t {
                 Target::Volume(v) => {
-                    let fp: VolumeFingerprint = serde_json::from_value(item.fingerprint.clone())
-                        .map_err(|e| {
-                            DataError::fatal(format!(
-                                "backup set {} item {} has no volume fingerprint: {e}",
-                                m.id, item.name
-                            ))
-                        })?;
+                    let fp: VolumeFingerprint =
+                        recorded(m, item, &item.fingerprint, "volume fingerprint")?;
                     let (full, exists) = self.volume_name(v).await?;
                     if !exists {
                         bad.push(format!("{name}: volume {full} does not exist"));
@@ -764,12 +770,7 @@ impl Data<'_> {
                             .await?;
                     let pg = drctl_db::Postgres::new(self.docker.clone(), container, t)?;
                     let then: drctl_db::PgDatabaseFingerprint =
-                        serde_json::from_value(item.fingerprint.clone()).map_err(|e| {
-                            DataError::fatal(format!(
-                                "backup set {} item {} has no database fingerprint: {e}",
-                                m.id, item.name
-                            ))
-                        })?;
+                        recorded(m, item, &item.fingerprint, "database fingerprint")?;
                     let now = pg.fingerprint_database(&db).await?;
                     record(
                         &mut results,
@@ -788,12 +789,7 @@ impl Data<'_> {
                             .await?;
                     let r = drctl_db::Redis::new(self.docker.clone(), container, t)?;
                     let then: drctl_db::RedisFingerprint =
-                        serde_json::from_value(item.fingerprint.clone()).map_err(|e| {
-                            DataError::fatal(format!(
-                                "backup set {} item {} has no Redis fingerprint: {e}",
-                                m.id, item.name
-                            ))
-                        })?;
+                        recorded(m, item, &item.fingerprint, "Redis fingerprint")?;
                     let now = r.fingerprint().await?;
                     record(
                         &mut results,
@@ -806,18 +802,12 @@ impl Data<'_> {
                 Target::Qdrant(t) => {
                     let q = drctl_db::Qdrant::new(t)?;
                     let c = item.name.rsplit('/').next().unwrap_or_default().to_string();
-                    let then: drctl_db::QdrantCollectionFingerprint = serde_json::from_value(
-                        item.fingerprint
-                            .get("collection")
-                            .cloned()
-                            .unwrap_or_default(),
-                    )
-                    .map_err(|e| {
-                        DataError::fatal(format!(
-                            "backup set {} item {} has no collection fingerprint: {e}",
-                            m.id, item.name
-                        ))
-                    })?;
+                    let then: drctl_db::QdrantCollectionFingerprint = recorded(
+                        m,
+                        item,
+                        item.fingerprint.get("collection").unwrap_or(&Value::Null),
+                        "collection fingerprint",
+                    )?;
                     let now = q.collection_fingerprint(&c).await?;
                     let thenf = drctl_db::QdrantFingerprint {
                         collections: [(c.clone(), then)].into_iter().collect(),
