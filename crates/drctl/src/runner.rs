@@ -419,35 +419,32 @@ impl Runner {
                 )))
             }
             Check::Postgres(c) => {
+                // The database adapter's gates: accepting connections and out of recovery
+                // (a restored or promoted server can answer while still replaying WAL).
                 let container = self.running_container(&c.service).await?;
-                // The server's own tools: ready, and out of recovery (a restored or promoted
-                // server can accept connections while still replaying WAL).
-                let db = c.database.clone().unwrap_or_else(|| "postgres".into());
-                let user = self.pg_user(&c.service);
-                let psql = format!(
-                    "psql -X -q -At -v ON_ERROR_STOP=1 -U {} -d {}",
-                    sh_quote(&user),
-                    sh_quote(&db)
-                );
-                let mut script = format!("[ \"$({psql} -c 'select pg_is_in_recovery()')\" = f ]");
-                if let Some(q) = &c.query {
-                    script.push_str(&format!(" && {psql} -c {} >/dev/null", sh_quote(q)));
-                }
-                self.docker
-                    .wait_exec(&container, &["sh", "-c", &script], poll)
+                let target = self.pg_target(&c.service);
+                let pg = drctl_db::Postgres::new(self.docker.clone(), container.clone(), &target)
+                    .map_err(|e| StepError::fatal(e.to_string()))?;
+                pg.wait_ready(c.database.as_deref(), poll)
                     .await
-                    .map_err(err)?;
+                    .map_err(|e| StepError::new(e.to_string()))?;
+                if let Some(q) = &c.query {
+                    pg.wait_query(c.database.as_deref(), q, poll)
+                        .await
+                        .map_err(|e| StepError::new(e.to_string()))?;
+                }
                 Ok(StepOutput::msg(format!(
                     "PostgreSQL in {container} answers and is not in recovery"
                 )))
             }
             Check::Redis(c) => {
                 let container = self.running_container(&c.service).await?;
-                let script = "[ \"$(redis-cli ping)\" = PONG ] && redis-cli info persistence | grep -q '^loading:0'";
-                self.docker
-                    .wait_exec(&container, &["sh", "-c", script], poll)
+                let target = self.redis_target(&c.service);
+                let r = drctl_db::Redis::new(self.docker.clone(), container.clone(), &target)
+                    .map_err(|e| StepError::fatal(e.to_string()))?;
+                r.wait_ready(poll)
                     .await
-                    .map_err(err)?;
+                    .map_err(|e| StepError::new(e.to_string()))?;
                 Ok(StepOutput::msg(format!(
                     "Redis in {container} answers PING and has loaded its data"
                 )))
@@ -470,17 +467,38 @@ impl Runner {
         }
     }
 
-    fn pg_user(&self, service: &str) -> String {
+    /// The configured target of a database service (its user and password variable), or
+    /// the defaults for a service that no target names.
+    fn pg_target(&self, service: &str) -> drctl_core::config::PostgresTarget {
         self.config
             .targets
             .values()
             .find_map(|t| match t {
-                drctl_core::config::Target::Postgres(p) if p.service == service => {
-                    Some(p.user.clone())
-                }
+                drctl_core::config::Target::Postgres(p) if p.service == service => Some(p.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| "postgres".into())
+            .unwrap_or_else(|| drctl_core::config::PostgresTarget {
+                service: service.to_string(),
+                databases: Vec::new(),
+                user: "postgres".into(),
+                password_env: None,
+                optional: false,
+            })
+    }
+
+    fn redis_target(&self, service: &str) -> drctl_core::config::RedisTarget {
+        self.config
+            .targets
+            .values()
+            .find_map(|t| match t {
+                drctl_core::config::Target::Redis(r) if r.service == service => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| drctl_core::config::RedisTarget {
+                service: service.to_string(),
+                password_env: None,
+                optional: false,
+            })
     }
 
     async fn exec(
@@ -767,11 +785,6 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
-}
-
-/// Quote a word for `sh -c`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 impl StepRunner for Runner {
