@@ -2,9 +2,12 @@
 //!
 //! Backup sets (objects plus a manifest written last) on a local folder or S3, written as
 //! streams: source -> zstd -> age (optional) -> SHA-256 -> multipart upload, with memory
-//! bounded by `concurrency x part size` whatever the size of the data. Reading back
-//! reverses the path and verifies the SHA-256 of the stored bytes and age's authentication;
-//! restores verify a set before they destroy anything ([`Repository::verify_item`]).
+//! bounded whatever the size of the data: `concurrency x part size` per upload and
+//! `upload_budget x part size` for all uploads of the process ([`Options`]). Reading back
+//! reverses the path and verifies the SHA-256 of the stored bytes and age's authentication.
+//! Restores check every object before they destroy anything ([`Repository::check_item`]:
+//! size, SHA-256 and age header, no decode); `drctl backups verify` decodes every object in
+//! full ([`Repository::verify_set`], [`Repository::verify_item`]).
 //!
 //! ```no_run
 //! # async fn demo(cfg: &drctl_core::config::Config) -> Result<(), drctl_repo::RepoError> {

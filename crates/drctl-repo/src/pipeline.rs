@@ -5,13 +5,25 @@
 //! other tasks). Async tasks on either side move bytes through bounded channels, so memory
 //! is bounded whatever the object's size:
 //!
-//! - upload: 4 x 128-256 KiB of source chunks, plus at most `concurrency` parts (each part
-//!   holds a semaphore permit from the moment it starts filling until the store has it), so
-//!   at most `concurrency x part size` (64 MiB by default for S3, 4 MiB for a local folder),
-//!   plus zstd's workers (~6 MiB each with 1 MiB jobs);
+//! - upload, per object: 4 x 128-256 KiB of source chunks, zstd's workers (~6 MiB each with
+//!   1 MiB jobs, one by default) and age's 64 KiB chunk;
+//! - upload, parts: a part holds two permits from the moment it starts filling until the
+//!   store has it: one of its upload's own `concurrency` and one of the process-wide upload
+//!   budget (`Options::upload_budget`). However many uploads run, at most `budget` parts
+//!   are alive, `budget x part size` (64 MiB by default for S3: 8 x 8 MiB; 8 MiB for a local
+//!   folder's 1 MiB parts); one upload alone holds at most `concurrency` of them (32 MiB).
+//!   Parts are allocated at their full size when they start (no growing and copying), so
+//!   a part costs its size and no more. Parts grow past 2,000 parts for objects of unknown
+//!   size (see `PartPlan`); the budget counts parts, so its bytes grow with them;
 //! - download: 4 stored chunks in, 4 x 256 KiB of plaintext out.
 //!
 //! Nothing is ever spooled to disk.
+//!
+//! The budget cannot deadlock: S3 holds an object's first part until it sees whether a
+//! second one follows (one PutObject, or a multipart upload), so an upload takes the
+//! permits of its first two parts at once and keeps the second in reserve; every other
+//! permit belongs to a part that is being filled from the source or uploaded, and is given
+//! back without waiting for any other permit.
 
 use std::io::{self, BufReader, Read, Write};
 use std::pin::Pin;
@@ -53,6 +65,16 @@ enum ToStore {
     Failed(RepoError),
 }
 
+/// How many parts an upload may hold: the process-wide budget it shares with every other
+/// upload, and its own cap.
+#[derive(Clone)]
+pub(crate) struct Budget {
+    /// Parts of all uploads (see [`crate::Options::upload_budget`]); at least 2 permits.
+    pub shared: Arc<Semaphore>,
+    /// Parts of this upload (`Options::concurrency`; at least 2 are used).
+    pub per_upload: usize,
+}
+
 /// Stream `reader` into `key` through the encoder. Memory: see the module comment.
 pub(crate) async fn store<R>(
     backend: &dyn Backend,
@@ -61,21 +83,26 @@ pub(crate) async fn store<R>(
     reader: R,
     enc: EncodeSettings,
     plan: PartPlan,
-    concurrency: usize,
+    budget: Budget,
 ) -> Result<Stored>
 where
     R: AsyncRead + Unpin + Send,
 {
     // At least 2: S3 holds the first part until it sees whether a second one follows
     // (single PutObject or multipart), and the second needs a permit of its own.
-    let concurrency = concurrency.max(2);
+    let concurrency = budget.per_upload.max(2);
     let (in_tx, in_rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let (part_tx, part_rx) = mpsc::channel::<ToStore>(concurrency);
-    let sem = Arc::new(Semaphore::new(concurrency));
+    let permits = Permits {
+        own: Arc::new(Semaphore::new(concurrency)),
+        shared: budget.shared,
+    };
     let handle = Handle::current();
     let (item_name, obj_key) = (item.to_string(), key.to_string());
     let encoder = tokio::task::spawn_blocking(move || {
-        encode_thread(in_rx, part_tx, sem, handle, plan, enc, item_name, obj_key)
+        encode_thread(
+            in_rx, part_tx, permits, handle, plan, enc, item_name, obj_key,
+        )
     });
     let (_, put, enc) = tokio::join!(
         feed(reader, in_tx),
@@ -137,14 +164,47 @@ fn part_stream(rx: mpsc::Receiver<ToStore>) -> PartStream<'static> {
     }))
 }
 
+/// The semaphores a part takes a permit of each from.
+struct Permits {
+    /// This upload's: `concurrency` permits.
+    own: Arc<Semaphore>,
+    /// The process-wide upload budget.
+    shared: Arc<Semaphore>,
+}
+
+impl Permits {
+    /// Permits for `n` parts, one of each semaphore per part. The upload's own first (it
+    /// never waits long for them), then the shared ones, all `n` at once.
+    fn acquire(&self, handle: &Handle, n: u32) -> io::Result<Vec<OwnedSemaphorePermit>> {
+        let (mut own, mut shared) = handle
+            .block_on(async {
+                let own = self.own.clone().acquire_many_owned(n).await?;
+                let shared = self.shared.clone().acquire_many_owned(n).await?;
+                Ok::<_, tokio::sync::AcquireError>((own, shared))
+            })
+            .map_err(|_| closed())?;
+        let mut out = Vec::with_capacity(2 * n as usize);
+        for _ in 1..n {
+            out.push(own.split(1).expect("n permits"));
+            out.push(shared.split(1).expect("n permits"));
+        }
+        out.push(own);
+        out.push(shared);
+        Ok(out)
+    }
+}
+
 /// Collects the encoded bytes into parts, hashing them on the way.
 struct PartSink {
     tx: mpsc::Sender<ToStore>,
-    sem: Arc<Semaphore>,
+    permits: Permits,
     handle: Handle,
     plan: PartPlan,
     buf: Vec<u8>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// The permits of the part being filled (one of each semaphore).
+    permit: Option<Vec<OwnedSemaphorePermit>>,
+    /// The second part's permits, taken with the first's (see the module comment).
+    reserve: Option<Vec<OwnedSemaphorePermit>>,
     target: usize,
     parts: u32,
     hasher: Sha256,
@@ -168,18 +228,28 @@ impl PartSink {
                 }));
             }
         }
-        // Wait until fewer than `concurrency` parts are alive: this bounds memory.
-        let permit = self
-            .handle
-            .block_on(self.sem.clone().acquire_owned())
-            .map_err(|_| closed())?;
+        // Wait until this upload holds fewer than `concurrency` parts and the process
+        // fewer than its budget: this bounds memory. The first part takes the second's
+        // permits too, at once: S3 holds the first part until the second exists, and two
+        // uploads each holding a first part and waiting for a second could otherwise take
+        // the whole budget and wait for ever.
+        let permit = match n {
+            1 => {
+                let mut both = self.permits.acquire(&self.handle, 2)?;
+                self.reserve = Some(both.split_off(2));
+                both
+            }
+            2 => match self.reserve.take() {
+                Some(p) => p,
+                None => self.permits.acquire(&self.handle, 1)?,
+            },
+            _ => self.permits.acquire(&self.handle, 1)?,
+        };
         self.permit = Some(permit);
         self.target = self.plan.size_of(n);
-        if n > 1 {
-            // Past the first part the object is big: take the whole part at once rather
-            // than growing (and copying) the buffer.
-            self.buf = Vec::with_capacity(self.target);
-        }
+        // The whole part at once: growing the buffer would copy it and, while copying,
+        // hold one and a half parts. Pages untouched by a small object cost no memory.
+        self.buf = Vec::with_capacity(self.target);
         Ok(())
     }
 
@@ -191,7 +261,7 @@ impl PartSink {
             .expect("a part being filled holds a permit");
         self.parts += 1;
         self.tx
-            .blocking_send(ToStore::Part(Part::with_permit(data, permit)))
+            .blocking_send(ToStore::Part(Part::with_permits(data, permit)))
             .map_err(|_| closed())
     }
 
@@ -199,6 +269,8 @@ impl PartSink {
         if !self.buf.is_empty() {
             self.emit()?;
         }
+        // An object of one part never used its second part's permits.
+        self.reserve = None;
         self.tx.blocking_send(ToStore::Done).map_err(|_| closed())?;
         Ok((self.stored, hex::encode(self.hasher.finalize())))
     }
@@ -213,14 +285,6 @@ impl Write for PartSink {
             self.start_part()?;
         }
         let n = (self.target - self.buf.len()).min(data.len());
-        if self.buf.capacity() - self.buf.len() < n {
-            // Grow by doubling but never past the part size, so a part costs its size.
-            let want = (self.buf.len() + n)
-                .max(self.buf.capacity() * 2)
-                .max(64 * 1024)
-                .min(self.target);
-            self.buf.reserve_exact(want - self.buf.len());
-        }
         self.buf.extend_from_slice(&data[..n]);
         self.hasher.update(&data[..n]);
         self.stored += n as u64;
@@ -238,7 +302,7 @@ impl Write for PartSink {
 fn encode_thread(
     mut rx: mpsc::Receiver<io::Result<Bytes>>,
     tx: mpsc::Sender<ToStore>,
-    sem: Arc<Semaphore>,
+    permits: Permits,
     handle: Handle,
     plan: PartPlan,
     enc: EncodeSettings,
@@ -247,11 +311,12 @@ fn encode_thread(
 ) -> Result<Stored> {
     let sink = PartSink {
         tx: tx.clone(),
-        sem,
+        permits,
         handle,
         plan,
         buf: Vec::new(),
         permit: None,
+        reserve: None,
         target: 0,
         parts: 0,
         hasher: Sha256::new(),
@@ -406,7 +471,7 @@ enum FromStore {
 /// reported only once all of these passed; any mismatch is an `io::Error` (kind
 /// `InvalidData`) wrapping a [`RepoError`] that names the set and the object
 /// (`RepoError::from_io`). Data read before the end is not yet known good: see
-/// [`crate::Repository::verify_item`] for checking before anything is destroyed.
+/// [`crate::Repository::check_item`] for checking before anything is destroyed.
 pub struct ItemReader {
     rx: mpsc::Receiver<FromStore>,
     cur: Bytes,
@@ -564,37 +629,14 @@ fn verdict(
     exp: &Expect,
 ) -> Result<()> {
     if let Err(Stop::WrongKey) = decoded {
-        return Err(RepoError::WrongKey {
-            set: exp.set.clone(),
-            key: Some(exp.key.clone()),
-            expected: exp.sealed_by.clone(),
-            actual: exp.our_key.clone(),
-        });
+        return Err(wrong_key(exp));
     }
     // Read what the decoders left (trailing bytes count too).
     if src.failed.is_none() {
         let _ = io::copy(src, &mut io::sink());
     }
-    if let Some(e) = src.failed.take() {
-        return Err(e.in_set(&exp.set));
-    }
-    let sha = hex::encode(std::mem::take(&mut src.hasher).finalize());
-    if src.count != exp.stored_size {
-        return Err(RepoError::Truncated {
-            set: exp.set.clone(),
-            key: exp.key.clone(),
-            expected: exp.stored_size,
-            actual: src.count,
-        });
-    }
-    if sha != exp.sha256 {
-        return Err(RepoError::ChecksumMismatch {
-            set: exp.set.clone(),
-            key: exp.key.clone(),
-            expected: exp.sha256.clone(),
-            actual: sha,
-        });
-    }
+    let sha = std::mem::take(&mut src.hasher);
+    stored_verdict(src.failed.take(), src.count, sha, exp)?;
     match decoded {
         Ok(raw) if raw == exp.raw_size => Ok(()),
         Ok(raw) => Err(RepoError::Corrupt {
@@ -611,6 +653,151 @@ fn verdict(
             detail,
         }),
         Err(Stop::WrongKey | Stop::Closed) => unreachable!("handled above"),
+    }
+}
+
+fn wrong_key(exp: &Expect) -> RepoError {
+    RepoError::WrongKey {
+        set: exp.set.clone(),
+        key: Some(exp.key.clone()),
+        expected: exp.sealed_by.clone(),
+        actual: exp.our_key.clone(),
+    }
+}
+
+/// The stored bytes against the manifest: a transfer error, then the size, then the
+/// SHA-256.
+fn stored_verdict(
+    failed: Option<RepoError>,
+    count: u64,
+    hasher: Sha256,
+    exp: &Expect,
+) -> Result<()> {
+    if let Some(e) = failed {
+        return Err(e.in_set(&exp.set));
+    }
+    if count != exp.stored_size {
+        return Err(RepoError::Truncated {
+            set: exp.set.clone(),
+            key: exp.key.clone(),
+            expected: exp.stored_size,
+            actual: count,
+        });
+    }
+    let sha = hex::encode(hasher.finalize());
+    if sha != exp.sha256 {
+        return Err(RepoError::ChecksumMismatch {
+            set: exp.set.clone(),
+            key: exp.key.clone(),
+            expected: exp.sha256.clone(),
+            actual: sha,
+        });
+    }
+    Ok(())
+}
+
+/// The most bytes kept to parse an age header: ours (one X25519 recipient) take about 200.
+const AGE_HEADER_MAX: usize = 64 * 1024;
+
+/// Open the age header at the start of `head` with `id`: `Ok(None)` when it opened,
+/// `Err(Stop::WrongKey)` when the key is not one it was sealed to, `Ok(Some(why))` when it
+/// does not parse or authenticate (perhaps only because `head` is too short yet).
+fn open_age_header(
+    head: &[u8],
+    id: &age::x25519::Identity,
+) -> std::result::Result<Option<String>, Stop> {
+    let d = match age::Decryptor::new_buffered(head) {
+        Ok(d) => d,
+        Err(e) => return Ok(Some(format!("not a valid age file: {e}"))),
+    };
+    match d.decrypt(std::iter::once(id as &dyn age::Identity)) {
+        // The reader is dropped unread: nothing is decrypted.
+        Ok(_) => Ok(None),
+        Err(age::DecryptError::NoMatchingKeys) => Err(Stop::WrongKey),
+        Err(e) => Ok(Some(format!("decryption failed: {e}"))),
+    }
+}
+
+/// Check an object's stored bytes without decoding them (see
+/// [`crate::Repository::check_item`]): their size and SHA-256, hashed as they arrive, and,
+/// when `exp.identity` is set, that it opens the age header in the first bytes. The same
+/// verdicts in the same order as a full read's, but for the codecs.
+///
+/// The hashing runs inline: SHA-256 takes about 150 us per 256 KiB chunk here (SHA
+/// extensions, 1.7 GB/s), and a task of its own fetches the download ahead (4 chunks), so
+/// that reading the next chunk overlaps hashing this one. Measured on 1 GiB of stored bytes
+/// (2 shared cores): from a local folder 1.0-1.2 GB/s hashing in the download loop, 1.4-1.5
+/// GB/s fetched ahead, 1.2-1.6 GB/s on a blocking thread; from S3 (Garage, on the same
+/// cores) 0.4-0.6 GB/s whichever way, bound by the server.
+pub(crate) async fn check(mut stream: ByteStream, exp: Expect) -> Result<()> {
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Bytes>>(4);
+    let fetch = tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let stop = chunk.is_err();
+            if in_tx.send(chunk).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    // An early verdict (a wrong key) stops the download.
+    let _abort = AbortOnDrop(fetch);
+    let mut hasher = Sha256::new();
+    let mut count = 0u64;
+    let mut failed = None;
+    // The first bytes, while the age header is still to be opened.
+    let mut head: Option<Vec<u8>> = exp.identity.as_ref().map(|_| Vec::new());
+    let mut header_error: Option<String> = None;
+    while let Some(chunk) = in_rx.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        hasher.update(&chunk);
+        count += chunk.len() as u64;
+        if let (Some(buf), Some(id)) = (head.as_mut(), exp.identity.as_ref()) {
+            let take = (AGE_HEADER_MAX - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk[..take]);
+            match open_age_header(buf, id) {
+                Err(_) => return Err(wrong_key(&exp)),
+                Ok(None) => head = None,
+                // Too short yet, or bad: take more, up to the limit.
+                Ok(Some(why)) if buf.len() >= AGE_HEADER_MAX => {
+                    header_error = Some(why);
+                    head = None;
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+    if failed.is_none() {
+        // The whole object is shorter than the limit: judge the header on all of it.
+        if let (Some(buf), Some(id)) = (head.take(), exp.identity.as_ref()) {
+            match open_age_header(&buf, id) {
+                Err(_) => return Err(wrong_key(&exp)),
+                Ok(why) => header_error = why,
+            }
+        }
+    }
+    stored_verdict(failed, count, hasher, &exp)?;
+    match header_error {
+        None => Ok(()),
+        Some(detail) => Err(RepoError::Corrupt {
+            set: exp.set.clone(),
+            key: exp.key.clone(),
+            detail,
+        }),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

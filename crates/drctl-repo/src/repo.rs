@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::io::AsyncRead;
+use tokio::sync::Semaphore;
 
 use crate::backend::{self, Backend, LocalBackend, S3Backend, S3Settings};
 use crate::crypto::{Key, AGE_SCHEME};
@@ -22,17 +23,25 @@ use crate::manifest::{
     is_set_id, new_set_id, safe_name, set_id_time, Compression, Encryption, EncryptionInfo,
     ItemRecord, Manifest, FORMAT_VERSION, MANIFEST_NAME, SETS_DIR,
 };
-use crate::pipeline::{self, EncodeSettings, Expect, ItemReader};
+use crate::pipeline::{self, Budget, EncodeSettings, Expect, ItemReader};
 use crate::retention;
 
-/// Tuning; the defaults suit a small VM (peak memory about `concurrency x part_size`).
+/// Tuning; the defaults suit a small VM. Uploads hold at most `upload_budget x part_size`
+/// of parts (64 MiB with the defaults on S3), however many run at once; one upload alone
+/// at most `concurrency x part_size` (32 MiB).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// S3 part size, at least 5 MiB (default 16 MiB). Grows past 2,000 parts when the size
+    /// S3 part size, at least 5 MiB (default 8 MiB). Grows past 2,000 parts when the size
     /// is unknown, to stay under S3's 10,000-part limit.
     pub part_size: usize,
     /// Parts alive at once per item, being filled or uploading (default 4, at least 2).
     pub concurrency: usize,
+    /// Parts alive at once across every upload of the process (default 8, at least 2):
+    /// the memory of parallel uploads (safety backups taken side by side) is
+    /// `upload_budget x part_size` however many there are, and uploads wait for parts
+    /// that others give back. All repositories of the process opened with the same budget
+    /// share it (one with another budget gets a pool of its own).
+    pub upload_budget: usize,
     /// zstd level (default 3); `None` stores data uncompressed.
     pub zstd_level: Option<i32>,
     /// zstd worker threads (default 1: compression overlaps encryption and hashing, which
@@ -52,6 +61,7 @@ impl Default for Options {
         Options {
             part_size: backend::s3::DEFAULT_PART,
             concurrency: 4,
+            upload_budget: 8,
             zstd_level: Some(3),
             zstd_workers: 1,
             incomplete_grace: Duration::from_secs(3600),
@@ -68,6 +78,24 @@ struct Inner {
     key: Option<Key>,
     opts: Options,
     stack: Option<String>,
+    /// The process-wide upload budget (`upload_budget(opts.upload_budget)`).
+    uploads: Arc<Semaphore>,
+}
+
+/// The process's upload budget of `parts` parts: one semaphore per size, shared by every
+/// repository opened with that size (the drctl binary may open several repositories, all
+/// with the default; tests use small budgets of their own).
+fn upload_budget(parts: usize) -> Arc<Semaphore> {
+    static BUDGETS: OnceLock<Mutex<BTreeMap<usize, Arc<Semaphore>>>> = OnceLock::new();
+    let parts = parts.clamp(2, Semaphore::MAX_PERMITS);
+    let mut budgets = BUDGETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    budgets
+        .entry(parts)
+        .or_insert_with(|| Arc::new(Semaphore::new(parts)))
+        .clone()
 }
 
 /// A backup repository. Cheap to clone.
@@ -93,7 +121,8 @@ pub struct ItemSpec {
     pub source: String,
     pub server_version: Option<String>,
     pub fingerprint: serde_json::Value,
-    /// The raw size if known: lets S3 parts be sized for objects over ~156 GiB.
+    /// The raw size if known: lets S3 parts be sized for objects over ~70 GiB (without it
+    /// an object can reach about 484 GiB, see [`crate::backend::s3::DEFAULT_PART`]).
     pub size_hint: Option<u64>,
 }
 
@@ -233,6 +262,7 @@ impl Repository {
                     format!("{p}/")
                 },
                 key,
+                uploads: upload_budget(opts.upload_budget),
                 opts,
                 stack: None,
             }),
@@ -251,6 +281,7 @@ impl Repository {
                     key: i.key.clone(),
                     opts: i.opts.clone(),
                     stack,
+                    uploads: i.uploads.clone(),
                 });
             }
         }
@@ -498,14 +529,26 @@ impl Repository {
     /// all passed, and fails naming the set and object otherwise.
     ///
     /// Streams can only be judged at their end, so a restore must not feed this straight
-    /// into something destructive. Restores call [`Repository::verify_item`] first (a full
-    /// download that is checked and discarded) and only then stop services, drop databases
-    /// or overwrite volumes, streaming a second time through this reader. The alternative,
-    /// spooling to local disk, needs free space the size of the backup on the machine that
-    /// is being recovered (often the one whose disk failed) and defeats bounded storage;
-    /// a second download costs bandwidth only, and the restore stream still verifies, so a
-    /// set damaged between the two reads is still reported.
+    /// into something destructive. Restores call [`Repository::check_item`] first (a full
+    /// download whose size and SHA-256 are checked against the manifest, and whose age
+    /// header our key must open) and only then stop services, drop databases or overwrite
+    /// volumes, streaming a second time through this reader. The alternative, spooling to
+    /// local disk, needs free space the size of the backup on the machine that is being
+    /// recovered (often the one whose disk failed) and defeats bounded storage; a second
+    /// download costs bandwidth only, and the restore stream still verifies everything, so
+    /// a set damaged between the two reads is still reported.
     pub async fn open_item(&self, m: &Manifest, item: &ItemRecord) -> Result<ItemReader> {
+        let (stream, exp) = self.start_read(m, item).await?;
+        Ok(pipeline::open(stream, exp))
+    }
+
+    /// The checks every read starts with (the key, the object's presence and size), then
+    /// the download and what it must match.
+    async fn start_read(
+        &self,
+        m: &Manifest,
+        item: &ItemRecord,
+    ) -> Result<(backend::ByteStream, Expect)> {
         self.check_key(m, Some(&item.key))?;
         let key = self.full_key(&item.key);
         // A truncated or replaced object shows in its size before any byte is read.
@@ -549,28 +592,53 @@ impl Repository {
                 }
             },
         };
-        Ok(pipeline::open(
-            stream,
-            Expect {
-                set: m.id.clone(),
-                key: item.key.clone(),
-                stored_size: item.stored_size,
-                sha256: item.sha256.clone(),
-                raw_size: item.raw_size,
-                zstd: matches!(item.compression, Compression::Zstd { .. }),
-                identity,
-                sealed_by: m
-                    .encryption
-                    .as_ref()
-                    .map(|e| e.key_fingerprint.clone())
-                    .unwrap_or_else(|| "an unrecorded key".into()),
-                our_key: self.key_fingerprint().unwrap_or("none").to_string(),
-            },
-        ))
+        let exp = Expect {
+            set: m.id.clone(),
+            key: item.key.clone(),
+            stored_size: item.stored_size,
+            sha256: item.sha256.clone(),
+            raw_size: item.raw_size,
+            zstd: matches!(item.compression, Compression::Zstd { .. }),
+            identity,
+            sealed_by: m
+                .encryption
+                .as_ref()
+                .map(|e| e.key_fingerprint.clone())
+                .unwrap_or_else(|| "an unrecorded key".into()),
+            our_key: self.key_fingerprint().unwrap_or("none").to_string(),
+        };
+        Ok((stream, exp))
     }
 
-    /// Download an item, check everything, keep nothing. Returns the raw size. Run this
-    /// before anything destructive (see [`Repository::open_item`]).
+    /// The check before anything destructive is done with an item: download its stored
+    /// bytes and compare their size and SHA-256 with the manifest, and, for an encrypted
+    /// item, open its age header with our key (which also checks the header's MAC). Nothing
+    /// is decrypted or decompressed, so this costs a download and a SHA-256 (well under a
+    /// second of CPU per GiB), not a decode: restores run it on every object before they
+    /// stop, drop or overwrite anything, and read the data afterwards through
+    /// [`Repository::open_item`], which verifies everything again as it decodes.
+    ///
+    /// Errors, in the order [`Repository::verify_item`] reports them: no key, or not the
+    /// key that sealed the set ([`RepoError::MissingKey`], [`RepoError::WrongKey`]), and an
+    /// object that is missing or has the wrong size ([`RepoError::ObjectMissing`],
+    /// [`RepoError::Truncated`]), all before any download; then our key not opening the age
+    /// header ([`RepoError::WrongKey`]), a transfer error, [`RepoError::Truncated`],
+    /// [`RepoError::ChecksumMismatch`], and an age header that does not parse or
+    /// authenticate ([`RepoError::Corrupt`]).
+    ///
+    /// What it cannot see is an object that was already bad when it was written (the
+    /// SHA-256 is of the bytes as they were stored): only a full decode,
+    /// [`Repository::verify_item`], proves that they decrypt and decompress to the data.
+    pub async fn check_item(&self, m: &Manifest, item: &ItemRecord) -> Result<()> {
+        let (stream, exp) = self.start_read(m, item).await?;
+        pipeline::check(stream, exp).await
+    }
+
+    /// Download an item and decode it in full (decrypt, decompress, compare the raw size),
+    /// checking everything and keeping nothing; returns the raw size. This is what
+    /// `drctl backups verify` runs (through [`Repository::verify_set`]): it proves that the
+    /// backup can be read back to its data, at the CPU cost of a restore. Before a restore,
+    /// use the cheaper [`Repository::check_item`], which leaves the CPU to the restore.
     pub async fn verify_item(&self, m: &Manifest, item: &ItemRecord) -> Result<u64> {
         let mut r = self.open_item(m, item).await?;
         tokio::io::copy(&mut r, &mut tokio::io::sink())
@@ -578,9 +646,9 @@ impl Repository {
             .map_err(|e| unwrap_io(e, &m.id, &item.key))
     }
 
-    /// Download and check every object of a set, restoring nothing. Set-level problems
-    /// (no manifest, wrong or missing key, unreachable store) are errors; damaged objects
-    /// are reported per item.
+    /// Download and decode every object of a set in full ([`Repository::verify_item`]),
+    /// restoring nothing: `drctl backups verify`. Set-level problems (no manifest, wrong or
+    /// missing key, unreachable store) are errors; damaged objects are reported per item.
     pub async fn verify_set(&self, id: &str) -> Result<VerifyReport> {
         let m = self.load_manifest(id).await?;
         self.check_key(&m, None)?;
@@ -768,8 +836,8 @@ fn unwrap_io(e: std::io::Error, set: &str, key: &str) -> RepoError {
 }
 
 /// Writes one set: items first, the manifest last. Items may be put concurrently (`put`
-/// takes `&self`); each put streams with its own memory budget (`concurrency x part
-/// size`), so parallel puts multiply it.
+/// takes `&self`); each put holds at most `concurrency` parts, and all puts of the process
+/// (of any set or repository) together at most `upload_budget` parts (see [`Options`]).
 #[must_use = "finish() the set, or abandon() it"]
 pub struct SetWriter {
     repo: Repository,
@@ -881,7 +949,10 @@ impl SetWriter {
                 recipient: recipient.clone(),
             },
             plan,
-            inner.opts.concurrency,
+            Budget {
+                shared: inner.uploads.clone(),
+                per_upload: inner.opts.concurrency,
+            },
         )
         .await?;
         Ok(ItemRecord {

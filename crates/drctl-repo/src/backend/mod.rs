@@ -2,8 +2,9 @@
 //!
 //! Keys are `/`-separated and relative to the store's root (the bucket, or the folder).
 //! Writes take a stream of [`Part`]s so that the producer (the compress / encrypt / hash
-//! pipeline) decides the memory spent: every part holds a permit from a semaphore the
-//! producer owns, released when the backend is done with it.
+//! pipeline) decides the memory spent: every part holds permits from semaphores the
+//! producer owns (the upload's own and the process-wide upload budget), released when the
+//! backend is done with it.
 
 use std::fmt;
 
@@ -25,21 +26,25 @@ pub use s3::{S3Backend, S3Settings};
 /// part but the last must be at least 5 MiB there.
 pub struct Part {
     pub data: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl Part {
     pub fn new(data: Bytes) -> Part {
         Part {
             data,
-            _permit: None,
+            _permits: Vec::new(),
         }
     }
     /// A part that releases `permit` when the backend drops it (after it was stored).
     pub fn with_permit(data: Bytes, permit: OwnedSemaphorePermit) -> Part {
+        Part::with_permits(data, vec![permit])
+    }
+    /// A part that releases all of `permits` when the backend drops it.
+    pub fn with_permits(data: Bytes, permits: Vec<OwnedSemaphorePermit>) -> Part {
         Part {
             data,
-            _permit: Some(permit),
+            _permits: permits,
         }
     }
 }
@@ -188,6 +193,17 @@ mod tests {
     #[test]
     fn part_plans() {
         let mib = 1 << 20;
+        // The S3 default without a size hint: 8 MiB parts, doubling every 2,000 parts.
+        let p = PartPlan {
+            size: s3::DEFAULT_PART,
+            grow_every: Some(2000),
+            max_parts: Some(10_000),
+        };
+        assert_eq!(p.size_of(2000), 8 * mib);
+        assert_eq!(p.size_of(2001), 16 * mib);
+        assert_eq!(p.size_of(10_000), 128 * mib);
+        // 2,000 x (8 + 16 + 32 + 64 + 128) MiB: about 484 GiB.
+        assert_eq!(p.capacity(), 2000 * 248 * mib as u64);
         let p = PartPlan {
             size: 16 * mib,
             grow_every: Some(2000),

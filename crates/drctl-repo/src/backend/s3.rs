@@ -41,8 +41,12 @@ pub const MIN_PART: usize = 5 << 20;
 pub const MAX_PART: usize = 5 << 30;
 /// S3's most parts per object.
 pub const MAX_PARTS: u32 = 10_000;
-/// The default part size: 16 MiB parts reach about 156 GiB before parts grow.
-pub const DEFAULT_PART: usize = 16 << 20;
+/// The default part size, 8 MiB: small enough that the process-wide upload budget (8
+/// parts by default) costs 64 MiB. With a size hint, objects up to about 70 GiB keep it
+/// (larger ones get parts that fit 9,000 of them); without one, parts double every 2,000
+/// (16 GiB at 8 MiB, then 16, 32, 64 and 128 MiB parts), so an object of unknown size can
+/// reach about 484 GiB.
+pub const DEFAULT_PART: usize = 8 << 20;
 /// Hard cap on concurrent part uploads, whatever the producer hands over.
 const MAX_INFLIGHT: usize = 16;
 
@@ -808,7 +812,17 @@ mod tests {
         assert_eq!(p.size, 117 << 20);
         assert!(p.capacity() >= tib);
         assert_eq!(b.part_plan(Some(1 << 30)).size, DEFAULT_PART);
-        assert!(b.part_plan(None).capacity() > 900 * (1 << 30));
+        // The default part size holds a 70 GiB hint in 9,000 parts; past that parts grow.
+        assert_eq!(b.part_plan(Some(70 << 30)).size, DEFAULT_PART);
+        assert_eq!(b.part_plan(Some(71 << 30)).size, 9 << 20);
+        let p = b.part_plan(None);
+        assert_eq!((p.size, p.max_parts), (DEFAULT_PART, Some(MAX_PARTS)));
+        assert!(p.capacity() > 480 * (1 << 30));
+        for hint in [0, 1 << 20, 100 << 30, 5 << 40] {
+            let p = b.part_plan(Some(hint));
+            assert!(p.size >= MIN_PART && p.max_parts == Some(MAX_PARTS));
+            assert!(p.capacity() >= hint, "{hint}: {p:?}");
+        }
     }
 
     #[test]
