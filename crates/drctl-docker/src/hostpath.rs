@@ -983,14 +983,16 @@ impl Read for ChanReader {
 pub(crate) async fn restore(
     root: PathBuf,
     volume: &str,
+    staging: Option<String>,
     first: Bytes,
     input: &mut (dyn AsyncRead + Unpin + Send),
 ) -> Result<Counts, DockerError> {
+    let staged = staging.is_some();
     let action = format!("restore volume `{volume}` at {}", root.display());
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(DEPTH * 4);
     let mut bytes = first.len() as u64;
     let reader = ChanReader { rx, cur: first };
-    let extractor = tokio::task::spawn_blocking(move || extract(&root, reader));
+    let extractor = tokio::task::spawn_blocking(move || extract(&root, staging.as_deref(), reader));
     let mut input_error: Option<String> = None;
     loop {
         let mut buf = BytesMut::with_capacity(IN_CHUNK);
@@ -1010,7 +1012,11 @@ pub(crate) async fn restore(
         }
     }
     drop(tx);
-    let partial = "the volume may hold part of the archive; run the restore again";
+    let partial = if staged {
+        "the volume's contents were left as they were"
+    } else {
+        "the volume may hold part of the archive; run the restore again"
+    };
     let result = extractor.await.map_err(|e| {
         DockerError::failed(&action, format!("the restore thread ended: {e}; {partial}"))
     })?;
@@ -1309,21 +1315,85 @@ fn write_data(
     Ok(())
 }
 
-fn extract(root: &Path, mut reader: ChanReader) -> io::Result<Counts> {
+/// Write the archive at `root`. With `staging`, into that new folder under `root`, and only
+/// once the whole archive arrived (and the reader verified it) are the old contents
+/// removed and the new ones renamed into place; on failure the folder is removed and the
+/// old contents are untouched. Without it, `root` is emptied first.
+fn extract(root: &Path, staging: Option<&str>, reader: ChanReader) -> io::Result<Counts> {
     let t0 = Instant::now();
-    let mut counts = Counts::default();
     let rootfd = open_root(root)
         .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", root.display())))?;
-    // Empty the volume in place.
-    for name in list_dir(rootfd.as_raw_fd())? {
-        remove_at(rootfd.as_raw_fd(), &cstring(&name)?)
-            .map_err(|e| with_path(e, "remove", &name))?;
+    let Some(staging) = staging else {
+        empty_dir(rootfd.as_raw_fd(), None)?;
+        let (counts, _) = extract_into(rootfd, reader, t0)?;
+        return Ok(counts);
+    };
+    let sname = cstring(staging.as_bytes())?;
+    cvt(unsafe { libc::mkdirat(rootfd.as_raw_fd(), sname.as_ptr(), 0o700) })
+        .map_err(|e| with_path(e, "create the staging folder", staging.as_bytes()))?;
+    let written =
+        open_dir(rootfd.as_raw_fd(), &sname).and_then(|sfd| extract_into(sfd, reader, t0));
+    let (counts, root_attrs) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(r) = remove_at(rootfd.as_raw_fd(), &sname) {
+                tracing::warn!("cannot remove the staging folder {staging}: {r}");
+            }
+            return Err(e);
+        }
+    };
+    // The swap: old contents out (stale staging folders of killed runs too), new ones in.
+    let t_swap = Instant::now();
+    let r = rootfd.as_raw_fd();
+    empty_dir(r, Some(staging.as_bytes()))?;
+    let sfd = open_dir(r, &sname)?;
+    for name in list_dir(sfd.as_raw_fd())? {
+        let c = cstring(&name)?;
+        cvt(unsafe { libc::renameat(sfd.as_raw_fd(), c.as_ptr(), r, c.as_ptr()) })
+            .map_err(|e| with_path(e, "move into place", &name))?;
     }
-    if !list_dir(rootfd.as_raw_fd())?.is_empty() {
+    drop(sfd);
+    cvt(unsafe { libc::unlinkat(r, sname.as_ptr(), libc::AT_REMOVEDIR) })
+        .map_err(|e| with_path(e, "remove the staging folder", staging.as_bytes()))?;
+    if let Some(a) = root_attrs {
+        let mut ignored = Counts::default();
+        apply_fd(r, &a, &mut ignored, true)?;
+    }
+    cvt(unsafe { libc::syncfs(r) })?;
+    tracing::debug!(
+        swap_s = t_swap.elapsed().as_secs_f64(),
+        total_s = t0.elapsed().as_secs_f64(),
+        "host-path staged restore swapped in"
+    );
+    Ok(counts)
+}
+
+/// Remove everything in a directory but `keep`, and check it worked.
+fn empty_dir(dir: RawFd, keep: Option<&[u8]>) -> io::Result<()> {
+    for name in list_dir(dir)? {
+        if Some(name.as_slice()) == keep {
+            continue;
+        }
+        remove_at(dir, &cstring(&name)?).map_err(|e| with_path(e, "remove", &name))?;
+    }
+    let left = list_dir(dir)?;
+    if left.iter().any(|n| Some(n.as_slice()) != keep) {
         return Err(io::Error::other(
             "the volume is not empty after emptying it",
         ));
     }
+    Ok(())
+}
+
+/// Extract into the (empty) directory `rootfd`; returns the counts and the attributes the
+/// archive gives the root, if it has a root entry.
+fn extract_into(
+    rootfd: OwnedFd,
+    mut reader: ChanReader,
+    t0: Instant,
+) -> io::Result<(Counts, Option<Attrs>)> {
+    let mut counts = Counts::default();
+    let mut root_attrs = None;
     let emptied = t0.elapsed();
     let mut dirs = Dirs {
         root: rootfd,
@@ -1387,6 +1457,7 @@ fn extract(root: &Path, mut reader: ChanReader) -> io::Result<Counts> {
                 }
                 apply_fd(dirs.root.as_raw_fd(), &a, &mut counts, false)?;
                 dir_times.push((Vec::new(), a.mtime));
+                root_attrs = Some(a);
                 counts.entries += 1;
                 continue;
             }
@@ -1541,7 +1612,7 @@ fn extract(root: &Path, mut reader: ChanReader) -> io::Result<Counts> {
         total_s = t0.elapsed().as_secs_f64(),
         "host-path restore timings"
     );
-    Ok(counts)
+    Ok((counts, root_attrs))
 }
 
 #[cfg(test)]
@@ -1561,7 +1632,18 @@ mod tests {
         })
     }
 
+    const STAGING: &str = ".drctl-staging-test";
+
+    /// A staged restore (the default), unless `in_place`.
     fn run_restore(root: &Path, tar: &[u8]) -> Result<Counts, DockerError> {
+        restore_with(root, tar, Some(STAGING.to_string()))
+    }
+
+    fn restore_with(
+        root: &Path,
+        tar: &[u8],
+        staging: Option<String>,
+    ) -> Result<Counts, DockerError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1570,7 +1652,7 @@ mod tests {
         rt.block_on(async {
             let first = Bytes::copy_from_slice(&tar[..512.min(tar.len())]);
             let mut rest = &tar[first.len()..];
-            restore(root.to_path_buf(), "t", first, &mut rest).await
+            restore(root.to_path_buf(), "t", staging, first, &mut rest).await
         })
     }
 
@@ -1645,10 +1727,19 @@ mod tests {
         let dst = dir.path().join("dst");
         std::fs::create_dir_all(dst.join("junk/inner")).unwrap();
         std::fs::write(dst.join(".hidden"), b"x").unwrap();
+        // A stale staging folder of a killed run goes too.
+        std::fs::create_dir_all(dst.join(".drctl-staging-1-dead/x")).unwrap();
         let r = run_restore(&dst, &tar).unwrap();
         assert_eq!(r.entries, c.entries);
         assert_eq!(r.file_bytes, c.file_bytes);
         assert!(!dst.join("junk").exists() && !dst.join(".hidden").exists());
+        assert!(!dst.join(STAGING).exists() && !dst.join(".drctl-staging-1-dead").exists());
+        // The root takes the archive's mode.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dst).unwrap().permissions().mode() & 0o7777,
+            std::fs::metadata(&src).unwrap().permissions().mode() & 0o7777
+        );
         assert_eq!(std::fs::read(dst.join("a/f")).unwrap(), b"hello");
         assert_eq!(
             std::fs::read_link(dst.join("a/b/dangling")).unwrap(),
@@ -1674,6 +1765,11 @@ mod tests {
         // Again from its own snapshot: the same stream.
         let (again, _) = run_snapshot(&dst);
         assert_eq!(gnu_list(&again).lines().count(), listing.lines().count());
+        // In place: emptied first, the same result.
+        std::fs::write(dst.join("junk"), b"x").unwrap();
+        restore_with(&dst, &tar, None).unwrap();
+        assert!(!dst.join("junk").exists());
+        assert_eq!(std::fs::read(dst.join("a/f")).unwrap(), b"hello");
     }
 
     fn tar_with(entries: &[(&str, u8, &[u8], &str)]) -> Vec<u8> {
@@ -1701,6 +1797,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dst = dir.path().join("dst");
         std::fs::create_dir_all(&dst).unwrap();
+        // Every refusal below leaves the old contents and no staging folder.
+        std::fs::write(dst.join("old"), b"kept").unwrap();
+        let untouched = || {
+            assert_eq!(std::fs::read(dst.join("old")).unwrap(), b"kept");
+            assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 1);
+        };
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         // Through a symlink the archive itself made.
@@ -1712,6 +1814,7 @@ mod tests {
         let e = run_restore(&dst, &t).unwrap_err().to_string();
         assert!(e.contains("not a directory (a symlink?)"), "{e}");
         assert!(!outside.join("pwned").exists());
+        untouched();
         // `..` and absolute names.
         let t = tar_with(&[("./", b'5', b"", ""), ("../x", b'0', b"x", "")]);
         let e = run_restore(&dst, &t).unwrap_err().to_string();
@@ -1735,5 +1838,7 @@ mod tests {
         let t = tar_with(&[("./", b'5', b"", ""), ("./f", b'0', &[7u8; 4000], "")]);
         let e = run_restore(&dst, &t[..2048]).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
+        assert!(e.contains("left as they were"), "{e}");
+        untouched();
     }
 }

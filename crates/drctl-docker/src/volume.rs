@@ -102,6 +102,12 @@ pub struct RestoreOptions {
     /// [`crate::hostpath`]), else through the archive API. Default: `DRCTL_VOLUME_FAST_PATH`
     /// (`1` / `true`), else false.
     pub fast_path: bool,
+    /// Write the new contents beside the old ones (in a hidden folder in the volume) and
+    /// swap them in only once the whole archive arrived and its reader reported it intact;
+    /// until then nothing is removed. Needs room for both copies. Without it (or when no
+    /// image has a shell for the swap: [`DockerError::CannotStage`]) the volume is emptied
+    /// first. Default true.
+    pub staged: bool,
 }
 
 impl Default for RestoreOptions {
@@ -113,6 +119,7 @@ impl Default for RestoreOptions {
             create: None,
             upload_timeout: Duration::from_secs(24 * 3600),
             fast_path: fast_path_from_env(),
+            staged: true,
         }
     }
 }
@@ -144,8 +151,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub entries: u64,
     pub file_bytes: u64,
-    /// How the volume was emptied: `container from image …`, `volume recreated` or
-    /// `in place on the host`.
+    /// How the old contents gave way: `staged, swapped in by a container from image …`,
+    /// `staged, swapped in on the host`, `emptied by a container from image …`, `volume
+    /// recreated` or `emptied on the host`.
     pub emptied_by: String,
     pub stopped: Vec<String>,
     pub seconds: f64,
@@ -185,6 +193,44 @@ pub struct VolumeUser {
 /// Empties the volume's root, hidden files included, and checks that nothing is left.
 const EMPTY_SCRIPT: &str = "set -e; cd /drctl-volume; rm -rf -- ./..?* ./.[!.]* ./*; \
      left=$(ls -A); if [ -n \"$left\" ]; then echo \"left after emptying: $left\" >&2; exit 1; fi";
+
+/// A staging folder's name: hidden, and unlike anything an application would create.
+fn staging_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(".drctl-staging-{}-{nanos:x}", std::process::id())
+}
+
+/// Swaps a staged restore in: checks its tools before changing anything (exit 3: try
+/// another image), removes the old contents (stale staging folders of killed runs too),
+/// moves the new ones up (renames, same filesystem), gives the root the archive's owner,
+/// mode and time, removes the staging folder. Running it again after a failure finishes it.
+fn swap_script(staging: &str) -> String {
+    format!(
+        r#"set -e
+cd {VOLUME_MOUNT}
+S='{staging}'
+for c in rm mv rmdir chown chmod stat; do command -v "$c" >/dev/null 2>&1 || {{ echo "this image has no $c" >&2; exit 3; }}; done
+[ -d "$S" ] || {{ echo "the staged contents ($S) are missing" >&2; exit 4; }}
+own=$(stat -c %u:%g "$S"); mode=$(stat -c %a "$S")
+# The root's time too (not fingerprinted: best effort), kept outside the volume before
+# the moves change it.
+t=/.drctl-root-time; touch -r "$S" "$t" 2>/dev/null || t=
+for f in ./..?* ./.[!.]* ./*; do
+  if [ "$f" != "./$S" ] && {{ [ -e "$f" ] || [ -L "$f" ]; }}; then rm -rf -- "$f"; fi
+done
+for f in "$S"/..?* "$S"/.[!.]* "$S"/*; do
+  if [ -e "$f" ] || [ -L "$f" ]; then mv -- "$f" ./; fi
+done
+chown "$own" .
+chmod "$mode" .
+rmdir "$S"
+[ -z "$t" ] || touch -r "$t" . 2>/dev/null || true
+"#
+    )
+}
 
 fn io_err(action: String) -> impl FnOnce(std::io::Error) -> DockerError {
     move |e| DockerError::Io { action, source: e }
@@ -531,12 +577,17 @@ impl DockerClient {
             match crate::hostpath::host_dir(self, volume).await {
                 Ok(dir) => {
                     tracing::debug!(volume, dir = %dir.display(), "writing volume on the host");
-                    let c = crate::hostpath::restore(dir, volume, first, input).await?;
+                    let staging = opts.staged.then(staging_name);
+                    let c = crate::hostpath::restore(dir, volume, staging, first, input).await?;
                     return Ok(Moved {
                         bytes: c.bytes,
                         entries: c.entries,
                         file_bytes: c.file_bytes,
-                        via: "in place on the host".into(),
+                        via: if opts.staged {
+                            "staged, swapped in on the host".into()
+                        } else {
+                            "emptied on the host".into()
+                        },
                         path: "host",
                         refused: None,
                     });
@@ -564,12 +615,20 @@ impl DockerClient {
                 images.push(u.image_id.clone());
             }
         }
+        if opts.staged {
+            return self
+                .restore_staged(volume, &images, opts, first, input, refused)
+                .await;
+        }
         let mut tried = Vec::new();
         let mut target = None;
         for image in &images {
             match self.empty_with(volume, image).await {
                 Ok(t) => {
-                    target = Some((t, format!("container from image `{}`", short_image(image))));
+                    target = Some((
+                        t,
+                        format!("emptied by a container from image `{}`", short_image(image)),
+                    ));
                     break;
                 }
                 Err(e) => {
@@ -606,7 +665,13 @@ impl DockerClient {
             }
         };
 
-        let result = self.upload(volume, &target.name, opts, first, input).await;
+        tracing::debug!(volume, via = %emptied_by, "volume emptied");
+        let under = under_dir(VOLUME_MOUNT);
+        let partial = "the volume may hold part of the archive; run the restore again";
+        let result = self
+            .upload(volume, &target.name, opts, first, input, under, partial)
+            .await;
+        tracing::debug!(volume, "archive upload finished");
         if let Err(e) = target.remove().await {
             tracing::warn!("{e}");
         }
@@ -621,6 +686,134 @@ impl DockerClient {
         })
     }
 
+    /// The staged restore through the archive API: a temporary container whose command is
+    /// the swap script is created (not started) from the first image that has a shell, the
+    /// archive is uploaded into a staging folder in the volume through it, and only when
+    /// the upload ended well (the reader verified the object) is it started to swap the new
+    /// contents in. One container run, as with emptying first.
+    async fn restore_staged(
+        &self,
+        volume: &str,
+        images: &[String],
+        opts: &RestoreOptions,
+        first: Bytes,
+        input: &mut (dyn AsyncRead + Unpin + Send),
+        refused: Option<String>,
+    ) -> Result<Moved, DockerError> {
+        let staging = staging_name();
+        let script = swap_script(&staging);
+        let mut tried = Vec::new();
+        let mut chosen = None;
+        for (i, image) in images.iter().enumerate() {
+            let t =
+                TempContainer::create(self, "restore", volume_body(image, volume, Some(&script)))
+                    .await;
+            let t = match t {
+                Ok(t) => t,
+                Err(e) => {
+                    tried.push(format!("{}: {}", short_image(image), e.short()));
+                    continue;
+                }
+            };
+            if self.has_shell(&t.name).await {
+                chosen = Some((i, t));
+                break;
+            }
+            tried.push(format!("{}: no /bin/sh", short_image(image)));
+            if let Err(r) = t.remove().await {
+                tracing::warn!("{r}");
+            }
+        }
+        let Some((i, target)) = chosen else {
+            return Err(DockerError::CannotStage {
+                volume: volume.to_string(),
+                reason: format!(
+                    "no image with a shell to swap the new contents in ({})",
+                    if tried.is_empty() {
+                        "none to try".to_string()
+                    } else {
+                        tried.join("; ")
+                    }
+                ),
+            });
+        };
+        let image = &images[i];
+        let under = under_dir(&format!("{VOLUME_MOUNT}/{staging}"));
+        let untouched = "the volume's contents were left as they were";
+        let uploaded = self
+            .upload(volume, &target.name, opts, first, input, under, untouched)
+            .await;
+        let (bytes, entries, file_bytes) = match uploaded {
+            Ok(moved) => moved,
+            Err(e) => {
+                let _ = target.remove().await;
+                self.remove_staging(volume, image, &staging).await;
+                return Err(e);
+            }
+        };
+        tracing::debug!(volume, staging, "archive staged; swapping it in");
+        let swapped = self
+            .run_to_end(
+                &target.name,
+                volume,
+                image,
+                "swap in the restored contents of",
+            )
+            .await;
+        if let Err(r) = target.remove().await {
+            tracing::warn!("{r}");
+        }
+        swapped.map_err(|e| {
+            DockerError::failed(
+                format!("restore volume `{volume}`"),
+                format!(
+                    "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
+                ),
+            )
+        })?;
+        Ok(Moved {
+            bytes,
+            entries,
+            file_bytes,
+            via: format!(
+                "staged, swapped in by a container from image `{}`",
+                short_image(image)
+            ),
+            path: "api",
+            refused,
+        })
+    }
+
+    /// Whether a created container's filesystem has `/bin/sh` (read through the archive
+    /// API, so the container need not start).
+    async fn has_shell(&self, container: &str) -> bool {
+        let dl = DownloadFromContainerOptionsBuilder::default()
+            .path("/bin/sh")
+            .build();
+        let mut stream = self.docker.download_from_container(container, Some(dl));
+        matches!(stream.next().await, Some(Ok(_)))
+    }
+
+    /// Remove a staging folder after a failed upload (best effort: the next restore's swap
+    /// removes stale ones too).
+    async fn remove_staging(&self, volume: &str, image: &str, staging: &str) {
+        let script = format!("rm -rf -- '{VOLUME_MOUNT}/{staging}'");
+        let r = async {
+            let t =
+                TempContainer::create(self, "cleanup", volume_body(image, volume, Some(&script)))
+                    .await?;
+            let r = self
+                .run_to_end(&t.name, volume, image, "clean up the staging folder of")
+                .await;
+            let _ = t.remove().await;
+            r
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(volume, staging, "cannot remove the staging folder: {e}");
+        }
+    }
+
     /// A temporary container that has emptied the volume (and is stopped, ready to
     /// receive the upload).
     async fn empty_with(&self, volume: &str, image: &str) -> Result<TempContainer, DockerError> {
@@ -630,7 +823,7 @@ impl DockerClient {
             volume_body(image, volume, Some(EMPTY_SCRIPT)),
         )
         .await?;
-        match self.run_to_end(&t.name, volume, image).await {
+        match self.run_to_end(&t.name, volume, image, "empty").await {
             Ok(()) => Ok(t),
             Err(e) => {
                 if let Err(r) = t.remove().await {
@@ -641,10 +834,17 @@ impl DockerClient {
         }
     }
 
-    /// Start a container and wait for it to exit 0.
-    async fn run_to_end(&self, name: &str, volume: &str, image: &str) -> Result<(), DockerError> {
+    /// Start a container and wait for it to exit 0; `doing` names the work in messages
+    /// (`empty` volume ...).
+    async fn run_to_end(
+        &self,
+        name: &str,
+        volume: &str,
+        image: &str,
+        doing: &str,
+    ) -> Result<(), DockerError> {
         let what = format!(
-            "empty volume `{volume}` with image `{}`",
+            "{doing} volume `{volume}` with image `{}`",
             short_image(image)
         );
         self.docker
@@ -688,7 +888,9 @@ impl DockerClient {
         ))
     }
 
-    /// Feed the archive, renamed under the mount point, to the daemon.
+    /// Feed the archive, renamed by `under` (into the mount point, or a staging folder in
+    /// it), to the daemon. `partial` tells the operator what a failure left behind.
+    #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
         volume: &str,
@@ -696,13 +898,15 @@ impl DockerClient {
         opts: &RestoreOptions,
         first: Bytes,
         input: &mut (dyn AsyncRead + Unpin + Send),
+        under: crate::tarstream::MapFn,
+        partial: &str,
     ) -> Result<(u64, u64, u64), DockerError> {
         let action = format!("restore volume `{volume}`");
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let mut renamer = TarRenamer::new(under_dir(VOLUME_MOUNT));
+        let mut renamer = TarRenamer::new(under);
         let mut bytes = 0u64;
         // Why the body ended early, in words for the operator (the daemon only sees a
         // broken request).
@@ -757,7 +961,6 @@ impl DockerClient {
                 }
             }
         };
-        let partial = "the volume may hold part of the archive; run the restore again";
         if let Some(e) = input_error {
             return Err(DockerError::failed(action, format!("{e}; {partial}")));
         }

@@ -93,6 +93,22 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Run a shell script in a throwaway container that mounts `volume` read-write at `/v`.
+pub fn sh_in_volume(volume: &str, script: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--label",
+        TEST_LABEL,
+        "-v",
+        &format!("{volume}:/v"),
+        BASE_IMAGE,
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
 pub fn docker_try(args: &[&str]) -> Option<String> {
     let out = Command::new("docker").args(args).output().ok()?;
     out.status

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use drctl_docker::{DockerClient, RestoreOptions, SnapshotOptions};
 
-use crate::common::{docker, name, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL};
+use crate::common::{
+    docker, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL,
+};
 use crate::lab;
 
 /// Owners, modes (setgid), symlinks (relative, absolute, dangling), a hard link, a fifo,
@@ -105,6 +107,8 @@ fn opts(fast: bool) -> (SnapshotOptions, RestoreOptions) {
         },
         RestoreOptions {
             fast_path: fast,
+            // Through the API, a staged restore swaps with a shell from this image.
+            image: Some(BASE_IMAGE.into()),
             ..Default::default()
         },
     )
@@ -180,7 +184,7 @@ async fn host_path_round_trips_and_crosses_with_the_api_path() {
     assert_eq!(snap.path, "host");
     assert!(snap.source.starts_with("host:/"), "{}", snap.source);
     assert_eq!(rest.path, "host");
-    assert_eq!(rest.emptied_by, "in place on the host");
+    assert_eq!(rest.emptied_by, "staged, swapped in on the host");
     assert!(rest.fast_path_refused.is_none());
     let (got, got_listing) = tree_checksum(&dst);
     assert_eq!(got, want, "source:\n{listing}\nrestored:\n{got_listing}");
@@ -224,18 +228,7 @@ async fn host_path_streams_fingerprint_like_the_api_and_guard_users() {
     let client = lab!("hostpath");
     let cl = Cleanup::default();
     let vol = cl.create_volume(&name("hp-fp"), &[]);
-    docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{vol}:/v"),
-        BASE_IMAGE,
-        "sh",
-        "-c",
-        &populate(8),
-    ]);
+    sh_in_volume(&vol, &populate(8));
     let (want, _) = tree_checksum(&vol);
     let (fast, _) = opts(true);
     let (slow, _) = opts(false);
@@ -340,13 +333,28 @@ async fn host_path_streams_fingerprint_like_the_api_and_guard_users() {
         .unwrap_err();
     assert!(e.to_string().contains("not touched"), "{e}");
     assert_eq!(tree_checksum(&vol).0, want);
+    // Staged (the default), the old contents stay and no staging folder is left.
     let cut = &host_tar[..host_tar.len() / 2];
     let e = client
         .restore_volume(&vol, &opts(true).1, &mut &cut[..])
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("truncated"), "{e}");
+    assert!(
+        e.to_string().contains("truncated") && e.to_string().contains("left as they were"),
+        "{e}"
+    );
     assert_eq!(state(&user), "running");
+    assert_eq!(tree_checksum(&vol).0, want);
+    let in_place = RestoreOptions {
+        staged: false,
+        ..opts(true).1
+    };
+    let e = client
+        .restore_volume(&vol, &in_place, &mut &cut[..])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may hold part"), "{e}");
+    assert_ne!(tree_checksum(&vol).0, want);
     // And back to whole.
     client
         .restore_volume(&vol, &opts(true).1, &mut host_tar.as_slice())

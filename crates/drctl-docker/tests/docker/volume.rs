@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use drctl_docker::{RestoreOptions, SnapshotOptions, VolumeSpec};
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{docker, name, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL};
+use crate::common::{
+    docker, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL,
+};
 use crate::lab;
 
 /// Owners 999 and 1000, modes 0600 / 0755 / setgid, symlinks (relative, absolute,
@@ -108,7 +110,9 @@ async fn round_trip_1gib_with_owners_modes_links_and_a_sparse_file() {
         "read through the stopped container that mounts it"
     );
     assert!(
-        restored.emptied_by.starts_with("container from image"),
+        restored
+            .emptied_by
+            .starts_with("staged, swapped in by a container from image"),
         "{}",
         restored.emptied_by
     );
@@ -163,18 +167,7 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
     let client = lab!("volume");
     let cl = Cleanup::default();
     let vol = cl.create_volume(&name("vol-lone"), &["com.docker.compose.volume=lone"]);
-    docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{vol}:/v"),
-        BASE_IMAGE,
-        "sh",
-        "-c",
-        &populate(false),
-    ]);
+    sh_in_volume(&vol, &populate(false));
     let (want, _) = tree_checksum(&vol);
 
     // No container mounts it: a temporary never-started one is made, and removed.
@@ -216,23 +209,31 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
     );
     assert!(listing.lines().all(|l| l.contains(" ./")), "{listing}");
 
-    // Changed, then restored: no user and no image given, so the volume is emptied by
-    // recreating it (with its labels).
-    docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{vol}:/v"),
-        BASE_IMAGE,
-        "sh",
-        "-c",
+    // Changed, then restored: no user and no image given, so there is no shell to swap
+    // staged contents in: refused before anything changes. In place, the volume is emptied
+    // by recreating it (with its labels).
+    sh_in_volume(
+        &vol,
         "rm -rf /v/a; echo new > /v/new; chown 0:0 /v; chmod 755 /v",
-    ]);
-    assert_ne!(tree_checksum(&vol).0, want);
-    let r = client
+    );
+    let changed = tree_checksum(&vol).0;
+    assert_ne!(changed, want);
+    let e = client
         .restore_volume(&vol, &RestoreOptions::default(), &mut tar.as_slice())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, drctl_docker::DockerError::CannotStage { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("no image with a shell"), "{e}");
+    assert_eq!(tree_checksum(&vol).0, changed);
+    let in_place = RestoreOptions {
+        staged: false,
+        ..Default::default()
+    };
+    let r = client
+        .restore_volume(&vol, &in_place, &mut tar.as_slice())
         .await
         .unwrap();
     assert_eq!(r.emptied_by, "volume recreated");
@@ -282,8 +283,24 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
         .await
         .unwrap();
     assert_eq!(r.stopped, vec![user.clone()]);
-    assert!(r.emptied_by.starts_with("container from image"));
+    assert!(
+        r.emptied_by.starts_with("staged, swapped in"),
+        "{}",
+        r.emptied_by
+    );
     assert_eq!(state(&user), "running");
+    assert_eq!(tree_checksum(&vol).0, want);
+
+    // A stale staging folder (a restore killed mid-upload) goes at the next restore.
+    sh_in_volume(
+        &vol,
+        "mkdir -p /v/.drctl-staging-1-dead/x && echo half > /v/.drctl-staging-1-dead/x/f",
+    );
+    assert_ne!(tree_checksum(&vol).0, want);
+    client
+        .restore_volume(&vol, &RestoreOptions::default(), &mut tar.as_slice())
+        .await
+        .unwrap();
     assert_eq!(tree_checksum(&vol).0, want);
 
     // Not a tar: refused before anything is emptied.
@@ -309,14 +326,29 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
     assert_eq!(tree_checksum(&vol).0, want);
     assert_eq!(state(&user), "running");
 
-    // A truncated archive fails loudly (and says the volume may be partial).
+    // A truncated archive fails loudly. Staged, the volume keeps its contents (and no
+    // staging folder is left); in place, it says the volume may be partial.
     let cut = &tar[..tar.len() / 2];
     let e = client
         .restore_volume(&vol, &RestoreOptions::default(), &mut &cut[..])
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("truncated"), "{e}");
+    assert!(
+        e.to_string().contains("truncated") && e.to_string().contains("left as they were"),
+        "{e}"
+    );
     assert_eq!(state(&user), "running");
+    assert_eq!(tree_checksum(&vol).0, want);
+    let e = client
+        .restore_volume(&vol, &in_place, &mut &cut[..])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("truncated") && e.to_string().contains("may hold part"),
+        "{e}"
+    );
+    assert_eq!(state(&user), "running");
+    assert_ne!(tree_checksum(&vol).0, want);
 
     // A missing volume is created from its spec, then filled.
     let fresh = cl.volume(&name("vol-fresh"));
