@@ -32,6 +32,27 @@ fn tree(st: &Stack) -> String {
     app_exec(st, "cd /data/sessions && find . -printf '%p %m %U:%G %s %l\\n' | sort && find . -type f -exec sha256sum {} + | sort -k2")
 }
 
+/// Flip the byte at `at(len)` of an item's object in the stack's local repository; its key.
+fn flip_byte(st: &Stack, set: &str, item: &str, at: impl Fn(usize) -> usize) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&run(st.drctl(&["backups", "show", set, "--json"])).stdout).unwrap();
+    let key = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == item)
+        .unwrap_or_else(|| panic!("no item {item} in {m}"))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = st.dir.path().join("repo").join(&key);
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let i = at(bytes.len());
+    bytes[i] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    key
+}
+
 fn with_volume_targets(st: &Stack) {
     let cfg = std::fs::read_to_string(st.config()).unwrap();
     std::fs::write(
@@ -187,23 +208,7 @@ fn corrupted_object_is_caught_before_anything_is_destroyed() {
     let out = run(st.drctl(&["backup"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let set = out.stdout.split_whitespace().nth(2).unwrap().to_string();
-    // Flip a byte of the volume object in the local repository.
-    let m: serde_json::Value =
-        serde_json::from_str(&run(st.drctl(&["backups", "show", &set, "--json"])).stdout).unwrap();
-    let key = m["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "volume/sessions")
-        .unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = st.dir.path().join("repo").join(&key);
-    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&path, bytes).unwrap();
+    let key = flip_byte(&st, &set, "volume/sessions", |len| len / 2);
 
     let verify = run(st.drctl(&["backups", "verify", &set]));
     assert_eq!(verify.code, 1);
@@ -228,4 +233,46 @@ fn corrupted_object_is_caught_before_anything_is_destroyed() {
         "newer",
         "nothing was destroyed"
     );
+}
+
+/// Two volumes in one restore: the larger streams first into a staging folder, unchecked;
+/// the other is checked before anything is touched. A damaged smaller object stops the
+/// restore before the larger volume is swapped.
+#[test]
+fn damaged_second_object_stops_the_restore_before_anything_is_swapped() {
+    if !need_docker("damaged_second_object_stops_the_restore_before_anything_is_swapped") {
+        return;
+    }
+    let st = Stack::new("corrupt2");
+    let cfg = std::fs::read_to_string(st.config()).unwrap();
+    std::fs::write(
+        st.config(),
+        format!("{cfg}targets:\n  sessions: {{ type: volume, volume: app-sessions, stop: [app] }}\n  cache: {{ type: volume, volume: redis-data, stop: [redis] }}\n"),
+    )
+    .unwrap();
+    let out = run(st.drctl(&["run", &st.runbook("up", UP)]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    app_exec(
+        &st,
+        "echo precious > /data/sessions/p && dd if=/dev/urandom of=/data/sessions/big bs=1M count=4 2>/dev/null",
+    );
+    let out = run(st.drctl(&["backup"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let set = out.stdout.split_whitespace().nth(2).unwrap().to_string();
+    let key = flip_byte(&st, &set, "volume/cache", |len| len - 1);
+
+    app_exec(&st, "echo newer > /data/sessions/p");
+    let before = tree(&st);
+    let rb = st.runbook(
+        "r",
+        "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions, cache], safety_backup: false }\n",
+    );
+    let out = run(st.drctl(&["run", &rb]));
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&key) && out.stdout.contains("SHA-256"),
+        "the message names the object and what is wrong: {}",
+        out.stdout
+    );
+    assert_eq!(tree(&st), before, "the sessions volume was not touched");
 }

@@ -116,6 +116,18 @@ pub struct VolumeTarget {
     /// its absence instead of failing. Restores and verification still need it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// Read and write the files at the volume's mountpoint on this host instead of through
+    /// the Docker archive API (faster, keeps sparse files sparse). Needs drctl to run as
+    /// root on the Docker host and a plain local volume; otherwise the API is used and the
+    /// report says why. `DRCTL_VOLUME_FAST_PATH=1` turns it on for every volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_path: bool,
+    /// Restore by emptying the volume and then writing into it. By default the new contents
+    /// are written beside the old ones and swapped in only once the whole object arrived
+    /// intact, which needs room for both; set this when the disk cannot hold two copies
+    /// (the object is still checked before the volume is emptied).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place_restore: bool,
 }
 
 fn default_pg_user() -> String {

@@ -15,7 +15,7 @@ use drctl_docker::{ContainerSpec, DockerClient, RestoreOptions, SnapshotOptions,
 use drctl_repo::{ItemRecord, ItemSpec, Manifest, Repository};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
@@ -127,6 +127,45 @@ impl TreeHasher {
             .await
             .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))?
             .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))
+    }
+}
+
+/// Remembers whether the object being read turned out damaged (the repository says so
+/// through the read error), so that a failed restore is reported as bad data, which no
+/// retry can fix, rather than as a Docker failure.
+struct DamageSpy<R> {
+    inner: R,
+    damaged: bool,
+}
+
+impl<R> DamageSpy<R> {
+    fn new(inner: R) -> Self {
+        DamageSpy {
+            inner,
+            damaged: false,
+        }
+    }
+
+    fn explain(&self, e: drctl_docker::DockerError) -> DataError {
+        let mut d = DataError::from(e);
+        d.fatal |= self.damaged;
+        d
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DamageSpy<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            if drctl_repo::RepoError::from_io(e).is_some_and(|re| re.is_damaged()) {
+                self.damaged = true;
+            }
+        }
+        r
     }
 }
 
@@ -331,6 +370,32 @@ impl Data<'_> {
         None
     }
 
+    /// An image that mounted the volume when the set was taken (from the container specs
+    /// the set holds), for the temporary container a restore through the API uses when no
+    /// container of the stack mounts the volume now (the stack is gone).
+    async fn recorded_image(&self, m: &Manifest, volume: &str) -> Option<String> {
+        for item in m.items.iter().filter(|i| i.kind == "spec") {
+            let Ok(mut r) = self.repo.open_item(m, item).await else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            if (&mut r).take(16 << 20).read_to_end(&mut buf).await.is_err() {
+                continue;
+            }
+            let Ok(spec) = serde_json::from_slice::<ContainerSpec>(&buf) else {
+                continue;
+            };
+            if spec.volumes.iter().any(|v| v.name == volume) {
+                return Some(if spec.image_id.is_empty() {
+                    spec.image
+                } else {
+                    spec.image_id
+                });
+            }
+        }
+        None
+    }
+
     /// Take a backup set of the targets (and the container specs of the stack).
     pub async fn backup(
         &self,
@@ -361,10 +426,12 @@ impl Data<'_> {
                             )));
                         }
                         let spec = self.docker.volume_spec(&full).await?;
+                        let defaults = SnapshotOptions::default();
                         let opts = SnapshotOptions {
                             stop_users: !v.stop.is_empty(),
                             image: self.volume_image(v),
-                            ..Default::default()
+                            fast_path: v.fast_path || defaults.fast_path,
+                            ..defaults
                         };
                         let hasher = TreeHasher::start();
                         // The reader ends in an error (never a clean end) when the snapshot
@@ -589,8 +656,12 @@ impl Data<'_> {
         Ok(out)
     }
 
-    /// Restore targets from a set: every object is verified first (nothing is destroyed for
-    /// a bad set), then a safety backup of what will be overwritten, then the restore.
+    /// Restore targets from a set. Nothing is touched before the set is known good: one
+    /// volume (the largest; unless `in_place_restore`) goes first, written beside its old
+    /// contents and swapped in only once its object streamed through intact (SHA-256, age,
+    /// zstd and size all checked as it reads); every other object is checked first (size
+    /// and SHA-256 of the stored bytes, and the key), alongside the safety backup of what
+    /// will be overwritten. Those volumes are staged too.
     pub async fn restore(
         &self,
         m: &Manifest,
@@ -599,16 +670,34 @@ impl Data<'_> {
         progress: &(dyn Fn(String) + Sync),
     ) -> Result<Value> {
         let targets = self.targets(names)?;
-        let items = self.items_for(m, &targets)?;
-        for (item, _, _) in &items {
-            self.repo.verify_item(m, item).await?;
+        let mut items = self.items_for(m, &targets)?;
+        let lead = items
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, t))| matches!(t, Target::Volume(v) if !v.in_place_restore))
+            .max_by_key(|(_, (item, _, _))| item.stored_size)
+            .map(|(i, _)| i);
+        if let Some(i) = lead {
+            let it = items.remove(i);
+            items.insert(0, it);
         }
-        progress(format!(
-            "verified {} object(s) of set {} before touching anything",
-            items.len(),
-            m.id
-        ));
-        let safety_set = if safety {
+        let to_check: Vec<&ItemRecord> = items
+            .iter()
+            .skip(usize::from(lead.is_some()))
+            .map(|(item, _, _)| *item)
+            .collect();
+        let n_checked = to_check.len();
+        // All at once: a step restores a handful of objects, each check streams.
+        let check = futures_util::future::try_join_all(
+            to_check
+                .into_iter()
+                .map(|item| self.repo.check_item(m, item))
+                .collect::<Vec<_>>(),
+        );
+        let take_safety = async {
+            if !safety {
+                return Ok(None);
+            }
             let tnames: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
             let s = self
                 .backup(&tnames, vec!["safety".into()], true, progress)
@@ -620,10 +709,25 @@ impl Data<'_> {
                     ))
                 })?;
             progress(format!("safety backup {} taken", s.id));
-            Some(s.id)
-        } else {
-            None
+            Ok::<_, DataError>(Some(s.id))
         };
+        let (checked, safety_set) = tokio::join!(check, take_safety);
+        checked?;
+        let safety_set = safety_set?;
+        progress(match lead {
+            Some(_) if n_checked == 0 => format!(
+                "set {}: `{}` is verified as it streams and swapped in only when intact, before touching anything",
+                m.id, items[0].1
+            ),
+            Some(_) => format!(
+                "checked {n_checked} object(s) of set {} before touching anything; `{}` is verified as it streams and swapped in only when intact",
+                m.id, items[0].1
+            ),
+            None => format!(
+                "checked {n_checked} object(s) of set {} before touching anything",
+                m.id
+            ),
+        });
         let mut restored = Vec::new();
         for (item, name, t) in &items {
             match t {
@@ -633,16 +737,39 @@ impl Data<'_> {
                     let (full, _) = self.volume_name(v).await?;
                     let mut create = fp.volume.clone();
                     create.name = full.clone();
+                    let defaults = RestoreOptions::default();
                     let opts = RestoreOptions {
                         create: Some(create),
-                        image: self.volume_image(v),
-                        ..Default::default()
+                        image: match self.volume_image(v) {
+                            Some(i) => Some(i),
+                            None => self.recorded_image(m, &full).await,
+                        },
+                        fast_path: v.fast_path || defaults.fast_path,
+                        staged: !v.in_place_restore,
+                        ..defaults
                     };
-                    let mut reader = self.repo.open_item(m, item).await?;
-                    let r = self
-                        .docker
-                        .restore_volume(&full, &opts, &mut reader)
-                        .await?;
+                    let mut reader = DamageSpy::new(self.repo.open_item(m, item).await?);
+                    let r = match self.docker.restore_volume(&full, &opts, &mut reader).await {
+                        Ok(r) => r,
+                        Err(drctl_docker::DockerError::CannotStage { reason, .. }) => {
+                            // Nothing was touched. In place, the object must be known good
+                            // before the volume is emptied.
+                            progress(format!(
+                                "{name}: cannot stage volume {full} ({reason}); checking the object, then restoring in place"
+                            ));
+                            self.repo.check_item(m, item).await?;
+                            let mut reader = DamageSpy::new(self.repo.open_item(m, item).await?);
+                            let opts = RestoreOptions {
+                                staged: false,
+                                ..opts
+                            };
+                            match self.docker.restore_volume(&full, &opts, &mut reader).await {
+                                Ok(r) => r,
+                                Err(e) => return Err(reader.explain(e)),
+                            }
+                        }
+                        Err(e) => return Err(reader.explain(e)),
+                    };
                     progress(format!(
                         "{name}: volume {full} restored, {} entries in {:.1}s ({})",
                         r.entries, r.seconds, r.emptied_by
