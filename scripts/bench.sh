@@ -19,7 +19,8 @@
 # Environment: BENCH_SIZE_MIB, BENCH_PG_MIB, BENCH_LARGE=1, BENCH_LARGE_MIB,
 # BENCH_ENCRYPT=0 (drctl without age encryption; restic always encrypts),
 # BENCH_PARTS (comma list of volume,postgres,complete-failure,large; default all but
-# large, which BENCH_LARGE=1 adds), BENCH_KEEP=1 (keep the work folder), BENCH_OUT.
+# large, which BENCH_LARGE=1 adds), BENCH_ROUNDS (volume restores, interleaved; medians
+# shown; default 3), BENCH_KEEP=1 (keep the work folder), BENCH_OUT.
 #
 # Everything it makes (a compose project drctl-bench-<time> with its volumes, a volume
 # and containers labelled org.drctl.test=1, S3 prefixes bench-<time>/ and
@@ -38,10 +39,11 @@ ENCRYPT="${BENCH_ENCRYPT:-1}"
 PARTS="${BENCH_PARTS:-volume,postgres,complete-failure}"
 [ "$LARGE" = 1 ] && PARTS="$PARTS,large"
 KEEP="${BENCH_KEEP:-0}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 
 # The command as given, with the settings that were in the environment.
 COMMAND="scripts/bench.sh"
-for v in BENCH_SIZE_MIB BENCH_PG_MIB BENCH_LARGE BENCH_LARGE_MIB BENCH_ENCRYPT BENCH_PARTS; do
+for v in BENCH_SIZE_MIB BENCH_PG_MIB BENCH_LARGE BENCH_LARGE_MIB BENCH_ENCRYPT BENCH_PARTS BENCH_ROUNDS; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=${!v} $COMMAND"; fi
 done
 
@@ -205,21 +207,45 @@ now() { date +%s.%N; }
 # measure KEY CMD...: wall seconds and peak RSS (KiB) of CMD, from GNU time; its output
 # goes to $WORK/log.KEY. Writes back dirty pages first, so one run's writeback does not
 # slow the next.
+# CPU seconds used so far by the processes named $1 and their reaped children (dockerd's
+# untar helpers, for one), from /proc.
+proc_cpu() {
+    local pids
+    pids=$(pgrep -x "$1" | tr '\n' ' ')
+    [ -n "$pids" ] || { echo 0; return; }
+    python3 - "$(getconf CLK_TCK)" $pids <<'PY'
+import sys
+tck, total = int(sys.argv[1]), 0
+for pid in sys.argv[2:]:
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in f[11:15])
+    except OSError:
+        pass
+print(f"{total / tck:.2f}")
+PY
+}
+
 measure() {
     local key=$1
     shift
     sync
-    local t0 t1
+    local t0 t1 d0 g0
+    d0=$(proc_cpu dockerd)
+    g0=$(proc_cpu garage)
     t0=$(now)
-    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.$key" "$@" >"$WORK/log.$key" 2>&1; then
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.$key" "$@" >"$WORK/log.$key" 2>&1; then
         tail -n 40 "$WORK/log.$key" >&2
         die "$key failed (log kept in $WORK/log.$key)"
     fi
     t1=$(now)
+    result "$key.dockerd_cpu_s" "$(python3 -c "print(f'{$(proc_cpu dockerd) - $d0:.2f}')")"
+    result "$key.garage_cpu_s" "$(python3 -c "print(f'{$(proc_cpu garage) - $g0:.2f}')")"
     local rss
     rss=$(awk 'END {print $2}' "$WORK/time.$key")
     result "$key.s" "$(python3 -c "print(f'{$t1 - $t0:.2f}')")"
     result "$key.rss_kib" "$rss"
+    result "$key.cpu_s" "$(awk 'END {printf "%.2f", $3 + $4}' "$WORK/time.$key")"
     echo "$t0 $t1" >"$WORK/span.$key"
     log "$key: $(python3 -c "print(f'{$t1 - $t0:.1f}')") s, peak RSS $((rss / 1024)) MiB"
 }
@@ -263,7 +289,9 @@ bench_volume() {
     empty_volume "$MP"
     measure floor_restore curl -sfS --unix-socket /var/run/docker.sock -X PUT -T "$WORK/vol.tar" \
         "$(archive_url "$APP" /data/sessions)"
-    rm -f "$WORK/vol.tar"
+    # The same file sent chunked, as any streamed source must (it cannot announce a size).
+    empty_volume "$MP"
+    measure floor_chunked_restore bash -c "cat '$WORK/vol.tar' | curl -sfS --unix-socket /var/run/docker.sock -X PUT -T - '$(archive_url "$APP" /data/sessions)'"
 
     # Raw pipeline: the archive stream into S3 and back, nothing else.
     measure raw_backup bash -c "set -o pipefail; curl -sfS --unix-socket /var/run/docker.sock '$(archive_url "$APP" /data/sessions/.)' \
@@ -308,6 +336,45 @@ bench_volume() {
         grep -Eq "path=\"?$mode" "$WORK/log.${mode}_restore" \
             || warn "$mode: drctl's log does not name the $mode path (see $WORK/log.${mode}_restore)"
     done
+
+    # The restores again, interleaved, so that the drift of a shared machine falls on all
+    # of them alike; the table shows each one's median. (Backups are measured once: a
+    # second restic backup of the same data is incremental.)
+    local round
+    for round in $(seq 2 "$ROUNDS"); do
+        log "restore round $round of $ROUNDS"
+        empty_volume "$MP"
+        measure "floor_restore.r$round" curl -sfS --unix-socket /var/run/docker.sock -X PUT -T "$WORK/vol.tar" \
+            "$(archive_url "$APP" /data/sessions)"
+        empty_volume "$MP"
+        measure "floor_chunked_restore.r$round" bash -c "cat '$WORK/vol.tar' | curl -sfS --unix-socket /var/run/docker.sock -X PUT -T - '$(archive_url "$APP" /data/sessions)'"
+        empty_volume "$MP"
+        measure "raw_restore.r$round" bash -c "set -o pipefail; rcl cat bench:$DRCTL_S3_BUCKET/$S3_PREFIX/raw/vol.tar \
+            | curl -sfS --unix-socket /var/run/docker.sock -X PUT -T - '$(archive_url "$APP" /data/sessions)'"
+        empty_volume "$MP"
+        measure "restic_restore.r$round" restic -r "$repo" restore latest --target "$MP/.restic"
+        empty_volume "$MP"
+        for mode in api host; do
+            local fast=0
+            [ "$mode" = host ] && fast=1
+            empty_volume "$MP"
+            measure "${mode}_restore.r$round" env DRCTL_VOLUME_FAST_PATH=$fast DRCTL_CONFIG="$WORK/vol/drctl.yml" "$DRCTL" -v run restore --yes
+            check_tree "${mode}_restore.r$round" "$want"
+        done
+    done
+    rm -f "$WORK/vol.tar"
+    python3 - "$RESULTS" "$ROUNDS" floor_restore floor_chunked_restore raw_restore restic_restore api_restore host_restore <<'PY'
+import statistics, sys
+path, rounds, keys = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+r = dict(l.rstrip("\n").partition(" ")[::2] for l in open(path))
+with open(path, "a") as out:
+    for k in keys:
+        xs = [float(r[f"{k}.s"])] + [float(r[f"{k}.r{i}.s"]) for i in range(2, rounds + 1) if f"{k}.r{i}.s" in r]
+        out.write(f"{k}.rounds {','.join(f'{x:.1f}' for x in xs)}\n")
+        out.write(f"{k}.s {statistics.median(xs):.2f}\n")
+        rss = [int(r[f"{k}.rss_kib"])] + [int(r[f"{k}.r{i}.rss_kib"]) for i in range(2, rounds + 1) if f"{k}.r{i}.rss_kib" in r]
+        out.write(f"{k}.rss_kib {max(rss)}\n")
+PY
 }
 
 check_tree() {

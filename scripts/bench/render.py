@@ -56,6 +56,9 @@ def row(part, what, tool, key, size_key=None, ratio="", notes="", show_rss=True)
     if num(key + ".s") is None:
         return
     tool = tool.replace(" | ", " \\| ")
+    rounds = r.get(key + ".rounds", "")
+    if rounds.count(",") >= 1:
+        notes = join(f"median of {rounds.replace(',', ' / ')} s", notes)
     rows.append((part, what, tool, secs(key), mbps(key, size_key) if size_key else "",
                  rss(key) if show_rss else "", ratio, notes))
 
@@ -77,18 +80,28 @@ if "vol.bytes" in r:
     row(1, what_b, f"**drctl, host path** ({enc})", "host_backup", vb,
         join(speed("host_backup", "raw_backup", "raw"), speed("host_backup", "restic_backup", "restic")))
     what_r = f"volume restore ({mib(vb)})"
-    row(1, what_r, "archive API floor (local tar → API)", "floor_restore", vb, show_rss=False)
-    row(1, what_r, "raw pipeline (rclone cat → archive API)", "raw_restore", vb, show_rss=False)
+    row(1, what_r, "archive API floor (local tar → API)", "floor_restore", vb, show_rss=False,
+        notes=(f"CPU: dockerd {num('floor_restore.dockerd_cpu_s'):.1f} s"
+               if num("floor_restore.dockerd_cpu_s") is not None else ""))
+    row(1, what_r, "archive API floor, chunked (cat file \\| curl -T -)", "floor_chunked_restore", vb, show_rss=False,
+        notes=(f"CPU: dockerd {num('floor_chunked_restore.dockerd_cpu_s'):.1f} s"
+               if num("floor_chunked_restore.dockerd_cpu_s") is not None else ""))
+    row(1, what_r, "raw pipeline (rclone cat → archive API)", "raw_restore", vb, show_rss=False,
+        notes=(f"CPU: dockerd {num('raw_restore.dockerd_cpu_s'):.1f} s, Garage {num('raw_restore.garage_cpu_s'):.1f} s"
+               if num("raw_restore.dockerd_cpu_s") is not None else ""))
     row(1, what_r, "restic (S3 → host folder)", "restic_restore", vb)
     for mode, label in (("api", "archive API"), ("host", "host path")):
         k = f"{mode}_restore"
         notes = []
         if num(k + ".verify_first") is not None:
-            notes.append(f"verify-first {num(k + '.verify_first'):.1f} s")
+            notes.append(f"checks before touching anything {num(k + '.verify_first'):.1f} s")
         if num(k + ".step.restore") is not None:
             notes.append(f"step {num(k + '.step.restore'):.1f} s")
         if num(k + ".overhead") is not None:
             notes.append(f"outside the step {num(k + '.overhead'):.1f} s")
+        if num(k + ".cpu_s") is not None:
+            notes.append(f"CPU: drctl {num(k + '.cpu_s'):.1f} s, dockerd {num(k + '.dockerd_cpu_s'):.1f} s, "
+                         f"Garage {num(k + '.garage_cpu_s'):.1f} s")
         ratio = join(
             (f"{num(k + '.s') / num('floor_restore.s'):.2f}× the floor's time"
              if mode == "api" and num("floor_restore.s") and num(k + ".s") else ""),
@@ -108,7 +121,7 @@ if "pg.bytes" in r:
     row(2, what, "rclone cat | pg_restore --create", "pg_raw_restore", pb, show_rss=False)
     notes = []
     if num("pg_drctl_restore.verify_first") is not None:
-        notes.append(f"verify-first {num('pg_drctl_restore.verify_first'):.1f} s")
+        notes.append(f"checks before touching anything {num('pg_drctl_restore.verify_first'):.1f} s")
     row(2, what, "**drctl**", "pg_drctl_restore", pb,
         speed("pg_drctl_restore", "pg_raw_restore", "raw"), "; ".join(notes))
 
