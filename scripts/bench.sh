@@ -164,6 +164,11 @@ fi
 # config NAME TARGETS_YAML: $WORK/NAME/drctl.yml and a runbook `restore` for its targets.
 config() {
     local name=$1 targets=$2 restore_targets=$3
+    local repo="  url: s3://$DRCTL_S3_BUCKET/$S3_PREFIX/$name
+  endpoint: $DRCTL_S3_ENDPOINT
+  region: $DRCTL_S3_REGION"
+    # A local-folder repository: the same restore without the S3 server's work.
+    [ "${4:-}" = local ] && repo="  url: $WORK/$name/repo"
     mkdir -p "$WORK/$name/runbooks"
     cat >"$WORK/$name/drctl.yml" <<EOF
 version: 1
@@ -171,9 +176,7 @@ stack:
   project: $PROJECT
   compose_files: [$DRCTL_ROOT/compose/lab.yml]
 repository:
-  url: s3://$DRCTL_S3_BUCKET/$S3_PREFIX/$name
-  endpoint: $DRCTL_S3_ENDPOINT
-  region: $DRCTL_S3_REGION
+$repo
 $ENC_LINE
 runbooks_dir: runbooks
 state_dir: state
@@ -192,6 +195,7 @@ steps:
 EOF
 }
 config vol "  vol: { type: volume, volume: app-sessions }" vol
+config vollocal "  vol: { type: volume, volume: app-sessions }" vol local
 config pg "  postgres: { type: postgres, service: postgres, password_env: DRCTL_LAB_PG_PASSWORD }" postgres
 config large "  big: { type: volume, volume: $LARGE_VOL }" big
 config stack "  sessions: { type: volume, volume: app-sessions, stop: [app] }
@@ -204,9 +208,6 @@ cp "$DRCTL_ROOT/runbooks/complete-failure.yml" "$WORK/stack/runbooks/"
 # ---------------------------------------------------------------------------------------
 now() { date +%s.%N; }
 
-# measure KEY CMD...: wall seconds and peak RSS (KiB) of CMD, from GNU time; its output
-# goes to $WORK/log.KEY. Writes back dirty pages first, so one run's writeback does not
-# slow the next.
 # CPU seconds used so far by the processes named $1 and their reaped children (dockerd's
 # untar helpers, for one), from /proc.
 proc_cpu() {
@@ -226,6 +227,9 @@ print(f"{total / tck:.2f}")
 PY
 }
 
+# measure KEY CMD...: wall seconds, peak RSS (KiB) and CPU seconds of CMD (from GNU time),
+# and those of dockerd and Garage meanwhile; its output goes to $WORK/log.KEY. Writes back
+# dirty pages first, so one run's writeback does not slow the next.
 measure() {
     local key=$1
     shift
@@ -327,6 +331,12 @@ bench_volume() {
         [ "$mode" = host ] && fast=1
         measure "${mode}_backup" env DRCTL_VOLUME_FAST_PATH=$fast DRCTL_CONFIG="$WORK/vol/drctl.yml" "$DRCTL" -v backup
         if [ "$mode" = api ]; then
+            # The same through the API with a local-folder repository (no S3 server).
+            drctl_in vollocal backup >"$WORK/log.local_backup" 2>&1 \
+                || { tail -n 30 "$WORK/log.local_backup" >&2; die "the local-folder backup failed"; }
+            empty_volume "$MP"
+            measure local_restore env DRCTL_VOLUME_FAST_PATH=0 DRCTL_CONFIG="$WORK/vollocal/drctl.yml" "$DRCTL" -v run restore --yes
+            check_tree local_restore "$want"
             result vol.stored_bytes "$(rcl size --json "bench:$DRCTL_S3_BUCKET/$S3_PREFIX/vol" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')"
         fi
         empty_volume "$MP"
@@ -354,6 +364,9 @@ bench_volume() {
         empty_volume "$MP"
         measure "restic_restore.r$round" restic -r "$repo" restore latest --target "$MP/.restic"
         empty_volume "$MP"
+        empty_volume "$MP"
+        measure "local_restore.r$round" env DRCTL_VOLUME_FAST_PATH=0 DRCTL_CONFIG="$WORK/vollocal/drctl.yml" "$DRCTL" -v run restore --yes
+        check_tree "local_restore.r$round" "$want"
         for mode in api host; do
             local fast=0
             [ "$mode" = host ] && fast=1
@@ -363,7 +376,7 @@ bench_volume() {
         done
     done
     rm -f "$WORK/vol.tar"
-    python3 - "$RESULTS" "$ROUNDS" floor_restore floor_chunked_restore raw_restore restic_restore api_restore host_restore <<'PY'
+    python3 - "$RESULTS" "$ROUNDS" floor_restore floor_chunked_restore raw_restore restic_restore local_restore api_restore host_restore <<'PY'
 import statistics, sys
 path, rounds, keys = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 r = dict(l.rstrip("\n").partition(" ")[::2] for l in open(path))

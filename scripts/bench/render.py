@@ -90,7 +90,7 @@ if "vol.bytes" in r:
         notes=(f"CPU: dockerd {num('raw_restore.dockerd_cpu_s'):.1f} s, Garage {num('raw_restore.garage_cpu_s'):.1f} s"
                if num("raw_restore.dockerd_cpu_s") is not None else ""))
     row(1, what_r, "restic (S3 → host folder)", "restic_restore", vb)
-    for mode, label in (("api", "archive API"), ("host", "host path")):
+    for mode, label in (("api", "archive API"), ("local", "archive API, local-folder repository"), ("host", "host path")):
         k = f"{mode}_restore"
         notes = []
         if num(k + ".verify_first") is not None:
@@ -104,7 +104,7 @@ if "vol.bytes" in r:
                          f"Garage {num(k + '.garage_cpu_s'):.1f} s")
         ratio = join(
             (f"{num(k + '.s') / num('floor_restore.s'):.2f}× the floor's time"
-             if mode == "api" and num("floor_restore.s") and num(k + ".s") else ""),
+             if mode in ("api", "local") and num("floor_restore.s") and num(k + ".s") else ""),
             speed(k, "raw_restore", "raw"),
             speed(k, "restic_restore", "restic"))
         row(1, what_r, f"**drctl, {label}** ({enc})", k, vb, ratio, "; ".join(notes))
