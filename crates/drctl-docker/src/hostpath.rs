@@ -85,6 +85,8 @@ pub(crate) struct Counts {
     pub changed: u64,
     /// Extended attributes that could not be read or set (unsupported here).
     pub xattr_skipped: u64,
+    /// Staging folders of interrupted restores left out of a snapshot.
+    pub staging_skipped: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -851,7 +853,15 @@ fn write_tree(root: &Path, tar: &mut TarOut, counts: &mut Counts) -> io::Result<
     xattr_records(&XattrOf::Fd(rootfd.as_raw_fd()), counts, &mut meta.pax);
     tar.header(&meta)?;
     counts.entries += 1;
-    let names = list_dir(rootfd.as_raw_fd())?;
+    let mut names = list_dir(rootfd.as_raw_fd())?;
+    // A restore killed mid-stream left its staging folder: not the volume's data.
+    names.retain(|n| {
+        let stale = crate::tarstream::is_staging_name(n);
+        if stale {
+            counts.staging_skipped += 1;
+        }
+        !stale
+    });
     let mut stack = vec![Frame {
         fd: rootfd,
         prefix: b"./".to_vec(),
@@ -1703,9 +1713,15 @@ mod tests {
         f.set_len(64 << 20).unwrap();
         f.write_all_at(b"middle", 32 << 20).unwrap();
         drop(f);
+        // The staging folder of an interrupted restore is not the volume's data.
+        std::fs::create_dir_all(src.join(".drctl-staging-9-dead/x")).unwrap();
+        std::fs::write(src.join(".drctl-staging-9-dead/x/half"), b"half").unwrap();
         let (tar, c) = run_snapshot(&src);
         assert_eq!(c.bytes as usize, tar.len());
+        assert_eq!(c.staging_skipped, 1);
         let listing = gnu_list(&tar);
+        assert!(!listing.contains("drctl-staging"), "{listing}");
+        std::fs::remove_dir_all(src.join(".drctl-staging-9-dead")).unwrap();
         assert!(
             listing.lines().next().unwrap().ends_with(" ./"),
             "{listing}"

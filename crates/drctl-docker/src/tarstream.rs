@@ -30,10 +30,13 @@ enum State {
     },
     Data {
         remaining: u64,
+        /// Read and dropped (an entry left out).
+        drop: bool,
     },
     /// Old GNU sparse extension blocks, then `then` bytes of data.
     SparseExt {
         then: u64,
+        drop: bool,
     },
     /// After the end-of-archive block: passed through as is.
     Trailer,
@@ -41,6 +44,11 @@ enum State {
 
 pub(crate) struct TarRenamer {
     map: MapFn,
+    /// Leave out entries whose renamed path is, or is inside, a staging folder of an
+    /// interrupted restore (snapshots only: see [`is_staging_name`]).
+    skip_staging: bool,
+    /// Entries left out that way.
+    pub skipped: u64,
     state: State,
     block: Vec<u8>,
     pending_pax: Option<(Header, PaxRecords)>,
@@ -239,6 +247,8 @@ impl TarRenamer {
     pub fn new(map: MapFn) -> Self {
         TarRenamer {
             map,
+            skip_staging: false,
+            skipped: 0,
             state: State::Header,
             block: Vec::with_capacity(BLOCK),
             pending_pax: None,
@@ -249,6 +259,12 @@ impl TarRenamer {
         }
     }
 
+    /// Leave out staging folders of interrupted restores (and what is in them).
+    pub fn skipping_staging(mut self) -> Self {
+        self.skip_staging = true;
+        self
+    }
+
     /// Feed a chunk; what can be emitted so far is appended to `out`.
     pub fn push(&mut self, mut input: Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
         while !input.is_empty() {
@@ -256,9 +272,12 @@ impl TarRenamer {
                 State::Trailer => {
                     out.push(std::mem::take(&mut input));
                 }
-                State::Data { remaining } => {
+                State::Data { remaining, drop } => {
                     let n = (*remaining).min(input.len() as u64) as usize;
-                    out.push(input.split_to(n));
+                    let piece = input.split_to(n);
+                    if !*drop {
+                        out.push(piece);
+                    }
                     *remaining -= n as u64;
                     if *remaining == 0 {
                         self.state = State::Header;
@@ -305,12 +324,17 @@ impl TarRenamer {
     }
 
     fn on_block(&mut self, mut h: Box<[u8; BLOCK]>, out: &mut Vec<Bytes>) -> Result<(), String> {
-        if let State::SparseExt { then } = self.state {
+        if let State::SparseExt { then, drop } = self.state {
             let more = h[504] != 0;
-            out.push(Bytes::copy_from_slice(&h[..]));
+            if !drop {
+                out.push(Bytes::copy_from_slice(&h[..]));
+            }
             if !more {
                 self.state = if then > 0 {
-                    State::Data { remaining: then }
+                    State::Data {
+                        remaining: then,
+                        drop,
+                    }
                 } else {
                     State::Header
                 };
@@ -359,16 +383,41 @@ impl TarRenamer {
             }
             _ => {}
         }
+        let header_only = matches!(typeflag, b'1'..=b'6');
+        if self.skip_staging && is_staging_path(&(self.map)(&self.entry_name(&h))?) {
+            // Its extended headers go with it.
+            self.pending_pax = None;
+            self.pending_long_name = None;
+            self.pending_long_link = None;
+            self.skipped += 1;
+            let data = if header_only { 0 } else { padded(size) };
+            self.state = if typeflag == b'S' && h[482] != 0 {
+                State::SparseExt {
+                    then: data,
+                    drop: true,
+                }
+            } else if data > 0 {
+                State::Data {
+                    remaining: data,
+                    drop: true,
+                }
+            } else {
+                State::Header
+            };
+            return Ok(());
+        }
         self.rename_entry(&mut h, out)?;
         self.entries += 1;
-        let header_only = matches!(typeflag, b'1'..=b'6');
         if matches!(typeflag, b'0' | 0 | b'7' | b'S') {
             self.file_bytes += size;
         }
         out.push(Bytes::copy_from_slice(&h[..]));
         let data = if header_only { 0 } else { padded(size) };
         if typeflag == b'S' && h[482] != 0 {
-            self.state = State::SparseExt { then: data };
+            self.state = State::SparseExt {
+                then: data,
+                drop: false,
+            };
         } else {
             self.set_data_state(data);
         }
@@ -377,7 +426,10 @@ impl TarRenamer {
 
     fn set_data_state(&mut self, n: u64) {
         self.state = if n > 0 {
-            State::Data { remaining: n }
+            State::Data {
+                remaining: n,
+                drop: false,
+            }
         } else {
             State::Header
         };
@@ -408,6 +460,17 @@ impl TarRenamer {
             _ => self.pending_long_link = Some((header, cstr(&data).to_vec())),
         }
         Ok(())
+    }
+
+    /// The entry's full name, as `rename_entry` reads it (PAX, then GNU long name, then
+    /// the ustar fields).
+    fn entry_name(&self, h: &[u8; BLOCK]) -> Vec<u8> {
+        self.pending_pax
+            .as_ref()
+            .and_then(|(_, r)| r.iter().rev().find(|(k, _)| k == b"path"))
+            .map(|(_, v)| v.clone())
+            .or_else(|| self.pending_long_name.as_ref().map(|(_, n)| n.clone()))
+            .unwrap_or_else(|| ustar_name(h))
     }
 
     fn rename_entry(&mut self, h: &mut [u8; BLOCK], out: &mut Vec<Bytes>) -> Result<(), String> {
@@ -509,6 +572,22 @@ impl TarRenamer {
 
 /// Whether a first block can start a tar archive (a valid header, or the end marker of an
 /// empty archive): checked before a restore touches anything.
+/// The name of a staging folder a restore writes beside a volume's old contents
+/// (`.drctl-staging-<pid>-<time>`).
+pub(crate) fn is_staging_name(name: &[u8]) -> bool {
+    name.starts_with(b".drctl-staging-")
+}
+
+/// A path relative to a volume's root (`./a/b` or `a/b`) that is, or is inside, a staging
+/// folder at the root.
+fn is_staging_path(path: &[u8]) -> bool {
+    let mut p = path;
+    while let Some(r) = p.strip_prefix(b"./") {
+        p = r;
+    }
+    is_staging_name(p.split(|&b| b == b'/').next().unwrap_or_default())
+}
+
 pub(crate) fn check_first_block(b: &[u8]) -> Result<(), String> {
     if b.len() < BLOCK {
         return Err(format!(
@@ -688,6 +767,53 @@ mod tests {
             let again = run_all(&mut back, &moved, 512).unwrap();
             assert_eq!(list(&again), before, "{format}");
             assert!(r.entries >= 7);
+        }
+    }
+
+    #[test]
+    fn snapshots_leave_out_staging_folders_of_interrupted_restores() {
+        for format in ["gnu", "pax"] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("vol");
+            let stage = root.join(".drctl-staging-1-dead");
+            let deep = stage.join("d".repeat(120));
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("f".repeat(90)), b"half written").unwrap();
+            std::fs::hard_link(deep.join("f".repeat(90)), stage.join("hard")).unwrap();
+            std::fs::File::create(stage.join("sparse"))
+                .unwrap()
+                .set_len(8 << 20)
+                .unwrap();
+            std::fs::write(root.join("keep"), b"data").unwrap();
+            std::fs::write(root.join(".drctl-stagingnot"), b"not ours").unwrap();
+            let out = dir.path().join("t.tar");
+            let ok = Command::new("tar")
+                .arg(format!("--format={format}"))
+                .args(["--sparse", "-C"])
+                .arg(&root)
+                .arg("-cf")
+                .arg(&out)
+                .arg(".")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                eprintln!("no GNU tar: not checked");
+                return;
+            }
+            let tar = std::fs::read(&out).unwrap();
+            // As the daemon streams it (under the mount's name), and back.
+            let mut up = TarRenamer::new(under_dir("/data"));
+            let streamed = run_all(&mut up, &tar, 4096).unwrap();
+            let mut r = TarRenamer::new(relative_to_root("data")).skipping_staging();
+            let snap = run_all(&mut r, &streamed, 1000).unwrap();
+            let want: Vec<_> = list(&tar)
+                .into_iter()
+                .filter(|e| !e.3.starts_with("./.drctl-staging-1-dead"))
+                .collect();
+            assert_eq!(list(&snap), want, "{format}");
+            assert_eq!(r.skipped, 5, "{format}: the folder, its folder, 3 files");
+            assert_eq!(r.entries as usize, want.len(), "{format}");
         }
     }
 

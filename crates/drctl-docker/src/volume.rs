@@ -194,6 +194,16 @@ pub struct VolumeUser {
 const EMPTY_SCRIPT: &str = "set -e; cd /drctl-volume; rm -rf -- ./..?* ./.[!.]* ./*; \
      left=$(ls -A); if [ -n \"$left\" ]; then echo \"left after emptying: $left\" >&2; exit 1; fi";
 
+fn warn_staging_skipped(volume: &str, n: u64) {
+    if n > 0 {
+        tracing::warn!(
+            volume,
+            entries = n,
+            "left out of the snapshot: the staging folder of an interrupted restore (the next restore of this volume removes it)"
+        );
+    }
+}
+
 /// A staging folder's name: hidden, and unlike anything an application would create.
 fn staging_name() -> String {
     let nanos = std::time::SystemTime::now()
@@ -362,6 +372,7 @@ impl DockerClient {
                     tracing::debug!(volume, dir = %dir.display(), "reading volume on the host");
                     let via = format!("host:{}", dir.display());
                     let c = crate::hostpath::snapshot(dir, volume, out).await?;
+                    warn_staging_skipped(volume, c.staging_skipped);
                     return Ok(Moved {
                         bytes: c.bytes,
                         entries: c.entries,
@@ -439,7 +450,7 @@ impl DockerClient {
             .next()
             .unwrap_or("")
             .to_string();
-        let mut renamer = TarRenamer::new(relative_to_root(&base));
+        let mut renamer = TarRenamer::new(relative_to_root(&base)).skipping_staging();
         let mut stream = self.docker.download_from_container(container, Some(dl));
         let mut bytes = 0u64;
         let mut pieces = Vec::new();
@@ -463,6 +474,7 @@ impl DockerClient {
         out.flush()
             .await
             .map_err(io_err(format!("write the snapshot of volume `{volume}`")))?;
+        warn_staging_skipped(volume, renamer.skipped);
         Ok((bytes, renamer.entries, renamer.file_bytes))
     }
 

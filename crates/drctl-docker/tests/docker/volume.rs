@@ -291,12 +291,22 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
     assert_eq!(state(&user), "running");
     assert_eq!(tree_checksum(&vol).0, want);
 
-    // A stale staging folder (a restore killed mid-upload) goes at the next restore.
+    // A stale staging folder (a restore killed mid-upload) is left out of snapshots and
+    // goes at the next restore.
     sh_in_volume(
         &vol,
         "mkdir -p /v/.drctl-staging-1-dead/x && echo half > /v/.drctl-staging-1-dead/x/f",
     );
     assert_ne!(tree_checksum(&vol).0, want);
+    let mut with_stale = Vec::new();
+    client
+        .snapshot_volume(&vol, &SnapshotOptions::default(), &mut with_stale)
+        .await
+        .unwrap();
+    assert_eq!(with_stale.len(), tar.len());
+    assert!(!with_stale
+        .windows(b".drctl-staging".len())
+        .any(|w| w == b".drctl-staging"));
     client
         .restore_volume(&vol, &RestoreOptions::default(), &mut tar.as_slice())
         .await
