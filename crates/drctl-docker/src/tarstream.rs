@@ -730,11 +730,16 @@ mod tests {
         std::os::unix::fs::symlink("../x/y", root.join("sym")).unwrap();
         let f = std::fs::File::create(root.join("sparse")).unwrap();
         f.set_len(10 << 20).unwrap();
-        let out = dir.path().join("t.tar");
+        gnu_tar(format, &root)
+    }
+
+    /// `root` archived by GNU tar in `format` (with sparse files), if GNU tar is here.
+    fn gnu_tar(format: &str, root: &std::path::Path) -> Option<Vec<u8>> {
+        let out = root.with_extension("tar");
         let st = Command::new("tar")
             .arg(format!("--format={format}"))
             .args(["--sparse", "-C"])
-            .arg(&root)
+            .arg(root)
             .arg("-cf")
             .arg(&out)
             .arg(".")
@@ -786,22 +791,10 @@ mod tests {
                 .unwrap();
             std::fs::write(root.join("keep"), b"data").unwrap();
             std::fs::write(root.join(".drctl-stagingnot"), b"not ours").unwrap();
-            let out = dir.path().join("t.tar");
-            let ok = Command::new("tar")
-                .arg(format!("--format={format}"))
-                .args(["--sparse", "-C"])
-                .arg(&root)
-                .arg("-cf")
-                .arg(&out)
-                .arg(".")
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
+            let Some(tar) = gnu_tar(format, &root) else {
                 eprintln!("no GNU tar: not checked");
                 return;
-            }
-            let tar = std::fs::read(&out).unwrap();
+            };
             // As the daemon streams it (under the mount's name), and back.
             let mut up = TarRenamer::new(under_dir("/data"));
             let streamed = run_all(&mut up, &tar, 4096).unwrap();
