@@ -154,14 +154,6 @@ impl RepoError {
         )
     }
 
-    /// The encryption key is missing, unreadable or not the one that sealed the set.
-    pub fn is_key_problem(&self) -> bool {
-        matches!(
-            self,
-            RepoError::WrongKey { .. } | RepoError::MissingKey { .. } | RepoError::KeyLoad { .. }
-        )
-    }
-
     /// The stored data is damaged (missing, corrupt, truncated object).
     pub fn is_damaged(&self) -> bool {
         matches!(

@@ -239,10 +239,10 @@ impl PartSink {
                 self.reserve = Some(both.split_off(2));
                 both
             }
-            2 => match self.reserve.take() {
-                Some(p) => p,
-                None => self.permits.acquire(&self.handle, 1)?,
-            },
+            2 => self
+                .reserve
+                .take()
+                .expect("the first part reserved the second's permits"),
             _ => self.permits.acquire(&self.handle, 1)?,
         };
         self.permit = Some(permit);
@@ -533,17 +533,26 @@ impl AsyncRead for ItemReader {
     }
 }
 
-/// Start decoding `stream`; the result is read (and verified) through the reader.
-pub(crate) fn open(mut stream: ByteStream, exp: Expect) -> ItemReader {
-    let (in_tx, in_rx) = mpsc::channel::<Result<Bytes>>(4);
-    tokio::spawn(async move {
+/// Read a download ahead (4 chunks) on a task of its own, up to its first error; the task
+/// stops when the receiver is dropped.
+fn prefetch(
+    mut stream: ByteStream,
+) -> (mpsc::Receiver<Result<Bytes>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Result<Bytes>>(4);
+    let task = tokio::spawn(async move {
         while let Some(chunk) = stream.next().await {
             let stop = chunk.is_err();
-            if in_tx.send(chunk).await.is_err() || stop {
+            if tx.send(chunk).await.is_err() || stop {
                 break;
             }
         }
     });
+    (rx, task)
+}
+
+/// Start decoding `stream`; the result is read (and verified) through the reader.
+pub(crate) fn open(stream: ByteStream, exp: Expect) -> ItemReader {
+    let (in_rx, _fetch) = prefetch(stream);
     let (out_tx, out_rx) = mpsc::channel::<FromStore>(4);
     tokio::task::spawn_blocking(move || decode_thread(in_rx, out_tx, exp));
     ItemReader {
@@ -729,16 +738,8 @@ fn open_age_header(
 /// (2 shared cores): from a local folder 1.0-1.2 GB/s hashing in the download loop, 1.4-1.5
 /// GB/s fetched ahead, 1.2-1.6 GB/s on a blocking thread; from S3 (Garage, on the same
 /// cores) 0.4-0.6 GB/s whichever way, bound by the server.
-pub(crate) async fn check(mut stream: ByteStream, exp: Expect) -> Result<()> {
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Bytes>>(4);
-    let fetch = tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let stop = chunk.is_err();
-            if in_tx.send(chunk).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+pub(crate) async fn check(stream: ByteStream, exp: Expect) -> Result<()> {
+    let (mut in_rx, fetch) = prefetch(stream);
     // An early verdict (a wrong key) stops the download.
     let _abort = AbortOnDrop(fetch);
     let mut hasher = Sha256::new();

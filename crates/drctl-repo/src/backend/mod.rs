@@ -36,10 +36,6 @@ impl Part {
             _permits: Vec::new(),
         }
     }
-    /// A part that releases `permit` when the backend drops it (after it was stored).
-    pub fn with_permit(data: Bytes, permit: OwnedSemaphorePermit) -> Part {
-        Part::with_permits(data, vec![permit])
-    }
     /// A part that releases all of `permits` when the backend drops it.
     pub fn with_permits(data: Bytes, permits: Vec<OwnedSemaphorePermit>) -> Part {
         Part {
