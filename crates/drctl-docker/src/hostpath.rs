@@ -1034,6 +1034,10 @@ pub(crate) async fn restore(
         return Err(DockerError::failed(&action, format!("{e}; {partial}")));
     }
     let mut counts = result.map_err(|e| {
+        if e.get_ref().is_some_and(|i| i.is::<SwapFailed>()) {
+            // Its message says what is where.
+            return DockerError::failed(&action, e.to_string());
+        }
         let msg = if e.kind() == io::ErrorKind::UnexpectedEof {
             "the archive is truncated (it ends inside an entry)".to_string()
         } else {
@@ -1353,10 +1357,37 @@ fn extract(root: &Path, staging: Option<&str>, reader: ChanReader) -> io::Result
         }
     };
     // The swap: old contents out (stale staging folders of killed runs too), new ones in.
-    let t_swap = Instant::now();
-    let r = rootfd.as_raw_fd();
+    // From here on the old contents may be gone: the error says where the new ones are.
+    swap_in(rootfd.as_raw_fd(), staging, &sname, root_attrs).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            SwapFailed(format!(
+                "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
+            )),
+        )
+    })?;
+    tracing::debug!(
+        total_s = t0.elapsed().as_secs_f64(),
+        "host-path staged restore swapped in"
+    );
+    Ok(counts)
+}
+
+/// An error after the old contents began to go (see [`extract`]).
+#[derive(Debug)]
+struct SwapFailed(String);
+
+impl std::fmt::Display for SwapFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SwapFailed {}
+
+fn swap_in(r: RawFd, staging: &str, sname: &CStr, root_attrs: Option<Attrs>) -> io::Result<()> {
     empty_dir(r, Some(staging.as_bytes()))?;
-    let sfd = open_dir(r, &sname)?;
+    let sfd = open_dir(r, sname)?;
     for name in list_dir(sfd.as_raw_fd())? {
         let c = cstring(&name)?;
         cvt(unsafe { libc::renameat(sfd.as_raw_fd(), c.as_ptr(), r, c.as_ptr()) })
@@ -1370,12 +1401,7 @@ fn extract(root: &Path, staging: Option<&str>, reader: ChanReader) -> io::Result
         apply_fd(r, &a, &mut ignored, true)?;
     }
     cvt(unsafe { libc::syncfs(r) })?;
-    tracing::debug!(
-        swap_s = t_swap.elapsed().as_secs_f64(),
-        total_s = t0.elapsed().as_secs_f64(),
-        "host-path staged restore swapped in"
-    );
-    Ok(counts)
+    Ok(())
 }
 
 /// Remove everything in a directory but `keep`, and check it worked.

@@ -570,8 +570,6 @@ impl TarRenamer {
     }
 }
 
-/// Whether a first block can start a tar archive (a valid header, or the end marker of an
-/// empty archive): checked before a restore touches anything.
 /// The name of a staging folder a restore writes beside a volume's old contents
 /// (`.drctl-staging-<pid>-<time>`).
 pub(crate) fn is_staging_name(name: &[u8]) -> bool {
@@ -588,6 +586,8 @@ fn is_staging_path(path: &[u8]) -> bool {
     is_staging_name(p.split(|&b| b == b'/').next().unwrap_or_default())
 }
 
+/// Whether a first block can start a tar archive (a valid header, or the end marker of an
+/// empty archive): checked before a restore touches anything.
 pub(crate) fn check_first_block(b: &[u8]) -> Result<(), String> {
     if b.len() < BLOCK {
         return Err(format!(
