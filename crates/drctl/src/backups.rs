@@ -47,7 +47,6 @@ pub async fn backup(config: Option<&Path>, tags: Vec<String>, json: bool) -> Res
         docker: &docker,
         repo: &repo,
         config: cfg,
-        compose: loaded.compose.as_ref(),
         source_stack: &cfg.stack.project,
     };
     let progress = |m: String| {

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use drctl_core::compose::ComposeModel;
 use drctl_core::config::{Config, Target, VolumeTarget};
 use drctl_core::fingerprint::{tree_fingerprint, TreeFingerprint};
 use drctl_core::runbook::Selection;
@@ -128,6 +127,20 @@ impl TreeHasher {
             .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))?
             .map_err(|e| DataError::new(format!("failed to fingerprint the volume: {e}")))
     }
+}
+
+/// An image that mounted `volume` when the set was taken, for the temporary container a
+/// restore through the API uses when no container mounts the volume now (the stack is
+/// gone).
+fn recorded_image(specs: &[ContainerSpec], volume: &str) -> Option<String> {
+    let spec = specs
+        .iter()
+        .find(|s| s.volumes.iter().any(|v| v.name == volume))?;
+    Some(if spec.image_id.is_empty() {
+        spec.image.clone()
+    } else {
+        spec.image_id.clone()
+    })
 }
 
 /// Remembers whether the object being read turned out damaged (the repository says so
@@ -303,7 +316,6 @@ pub struct Data<'a> {
     pub docker: &'a DockerClient,
     pub repo: &'a Repository,
     pub config: &'a Config,
-    pub compose: Option<&'a ComposeModel>,
     /// The stack whose sets restores choose from: the configured one, except in a rehearsal,
     /// whose scratch copy restores the live stack's sets.
     pub source_stack: &'a str,
@@ -363,37 +375,34 @@ impl Data<'_> {
         Ok((format!("{}_{}", self.project(), v.volume), false))
     }
 
-    /// The image of a service that uses the volume (for the temporary containers the
-    /// archive API needs when no container mounts it).
-    fn volume_image(&self, v: &VolumeTarget) -> Option<String> {
-        let _ = (v, self.compose);
-        None
+    /// A container spec the set holds (`spec/<service>/<container>` items).
+    pub async fn read_spec(&self, m: &Manifest, item: &ItemRecord) -> Result<ContainerSpec> {
+        let mut r = self.repo.open_item(m, item).await?;
+        let mut buf = Vec::new();
+        (&mut r)
+            .take(16 << 20)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| {
+                DataError::fatal(format!("failed to read {} of set {}: {e}", item.name, m.id))
+            })?;
+        serde_json::from_slice(&buf).map_err(|e| {
+            DataError::fatal(format!(
+                "{} of set {} is not a container spec: {e}",
+                item.name, m.id
+            ))
+        })
     }
 
-    /// An image that mounted the volume when the set was taken (from the container specs
-    /// the set holds), for the temporary container a restore through the API uses when no
-    /// container of the stack mounts the volume now (the stack is gone).
-    async fn recorded_image(&self, m: &Manifest, volume: &str) -> Option<String> {
+    /// Every container spec of the set that can be read (best effort: for images only).
+    async fn readable_specs(&self, m: &Manifest) -> Vec<ContainerSpec> {
+        let mut out = Vec::new();
         for item in m.items.iter().filter(|i| i.kind == "spec") {
-            let Ok(mut r) = self.repo.open_item(m, item).await else {
-                continue;
-            };
-            let mut buf = Vec::new();
-            if (&mut r).take(16 << 20).read_to_end(&mut buf).await.is_err() {
-                continue;
-            }
-            let Ok(spec) = serde_json::from_slice::<ContainerSpec>(&buf) else {
-                continue;
-            };
-            if spec.volumes.iter().any(|v| v.name == volume) {
-                return Some(if spec.image_id.is_empty() {
-                    spec.image
-                } else {
-                    spec.image_id
-                });
+            if let Ok(spec) = self.read_spec(m, item).await {
+                out.push(spec);
             }
         }
-        None
+        out
     }
 
     /// Take a backup set of the targets (and the container specs of the stack).
@@ -429,7 +438,6 @@ impl Data<'_> {
                         let defaults = SnapshotOptions::default();
                         let opts = SnapshotOptions {
                             stop_users: !v.stop.is_empty(),
-                            image: self.volume_image(v),
                             fast_path: v.fast_path || defaults.fast_path,
                             ..defaults
                         };
@@ -729,7 +737,9 @@ impl Data<'_> {
             ),
         });
         let mut restored = Vec::new();
-        for (item, name, t) in &items {
+        // Read once, when a volume needs an image for its temporary container.
+        let mut specs: Option<Vec<ContainerSpec>> = None;
+        for (i, (item, name, t)) in items.iter().enumerate() {
             match t {
                 Target::Volume(v) => {
                     let fp: VolumeFingerprint =
@@ -737,13 +747,13 @@ impl Data<'_> {
                     let (full, _) = self.volume_name(v).await?;
                     let mut create = fp.volume.clone();
                     create.name = full.clone();
+                    if specs.is_none() {
+                        specs = Some(self.readable_specs(m).await);
+                    }
                     let defaults = RestoreOptions::default();
                     let opts = RestoreOptions {
                         create: Some(create),
-                        image: match self.volume_image(v) {
-                            Some(i) => Some(i),
-                            None => self.recorded_image(m, &full).await,
-                        },
+                        image: recorded_image(specs.as_deref().unwrap_or_default(), &full),
                         fast_path: v.fast_path || defaults.fast_path,
                         staged: !v.in_place_restore,
                         ..defaults
@@ -757,7 +767,10 @@ impl Data<'_> {
                             progress(format!(
                                 "{name}: cannot stage volume {full} ({reason}); checking the object, then restoring in place"
                             ));
-                            self.repo.check_item(m, item).await?;
+                            if i == 0 && lead.is_some() {
+                                // The others were checked before anything was touched.
+                                self.repo.check_item(m, item).await?;
+                            }
                             let mut reader = DamageSpy::new(self.repo.open_item(m, item).await?);
                             let opts = RestoreOptions {
                                 staged: false,
@@ -871,7 +884,6 @@ impl Data<'_> {
                     };
                     let opts = SnapshotOptions {
                         stop_users: false,
-                        image: self.volume_image(v),
                         ..Default::default()
                     };
                     let snap = self.docker.snapshot_volume(&full, &opts, &mut sink).await;

@@ -80,7 +80,6 @@ impl Runner {
             docker: &self.docker,
             repo,
             config: &self.config,
-            compose: self.compose.as_ref(),
             source_stack: &self.source_stack,
         })
     }
@@ -552,7 +551,6 @@ impl Runner {
         a: &drctl_core::runbook::UpStep,
         ctx: &StepCtx,
     ) -> Result<StepOutput, StepError> {
-        use tokio::io::AsyncReadExt;
         let sel = self
             .default_selection
             .clone()
@@ -592,17 +590,7 @@ impl Runner {
         let mut specs = specs;
         specs.sort_by_key(|i| rank(&i.name));
         for item in specs {
-            let mut r = data.repo.open_item(&m, item).await.map_err(data_err)?;
-            let mut buf = Vec::new();
-            r.read_to_end(&mut buf).await.map_err(|e| {
-                StepError::fatal(format!("failed to read {} of set {}: {e}", item.name, m.id))
-            })?;
-            let spec: drctl_docker::ContainerSpec = serde_json::from_slice(&buf).map_err(|e| {
-                StepError::fatal(format!(
-                    "{} of set {} is not a container spec: {e}",
-                    item.name, m.id
-                ))
-            })?;
+            let spec = data.read_spec(&m, item).await.map_err(dataerr)?;
             if self
                 .docker
                 .container(&spec.name)
