@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{need_docker, run, Stack};
+use common::{app_exec, need_docker, run, Stack};
 
 const UP: &str = "version: 1
 defaults: { timeout: 3m }
@@ -13,19 +13,6 @@ steps:
   - { id: up, kind: up, services: [app, postgres, redis] }
   - { id: app, kind: health, check: { type: docker, service: app } }
 ";
-
-fn app_exec(st: &Stack, script: &str) -> String {
-    let out = Command::new("docker")
-        .args(["exec", &st.container_id("app"), "sh", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The volume's tree as `find` sees it: names, modes, owners, sizes, link targets, checksums.
 fn tree(st: &Stack) -> String {

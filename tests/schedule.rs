@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, need_docker, run, Stack};
+use common::{app_exec, free_port, need_docker, run, Stack};
 
 const UP: &str = "version: 1
 defaults: { timeout: 3m }
@@ -42,18 +42,6 @@ fn stack(name: &str, cron: &str) -> Stack {
     let out = run(st.drctl(&["run", &st.runbook("up", UP)]));
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     st
-}
-
-fn app_exec(st: &Stack, script: &str) {
-    let out = Command::new("docker")
-        .args(["exec", &st.container_id("app"), "sh", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn sets(st: &Stack) -> Vec<serde_json::Value> {

@@ -200,3 +200,17 @@ impl Drop for Stack {
         self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
     }
 }
+
+/// Run a shell script in the stack's `app` container; its stdout (it must succeed).
+pub fn app_exec(st: &Stack, script: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &st.container_id("app"), "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -93,6 +93,16 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Run `cmd` in a throwaway container that mounts `volume` read-only at `/v`.
+pub fn in_volume_ro(volume: &str, cmd: &[&str]) -> String {
+    let mount = format!("{volume}:/v:ro");
+    let mut args = vec![
+        "run", "--rm", "--label", TEST_LABEL, "-v", &mount, BASE_IMAGE,
+    ];
+    args.extend_from_slice(cmd);
+    docker(&args)
+}
+
 /// Run a shell script in a throwaway container that mounts `volume` read-write at `/v`.
 pub fn sh_in_volume(volume: &str, script: &str) -> String {
     docker(&[
@@ -329,18 +339,7 @@ pub fn tree_checksum(volume: &str) -> (String, String) {
       find . \( -type f -printf '%p|f|%m|%U:%G|%s|%n\n' \) -o \( ! -type f -printf '%p|%y|%m|%U:%G|%l\n' \) | LC_ALL=C sort
       find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
     } > /tmp/listing && sha256sum < /tmp/listing | cut -c1-64 && cat /tmp/listing"#;
-    let out = docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{volume}:/v:ro"),
-        BASE_IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
+    let out = in_volume_ro(volume, &["sh", "-c", script]);
     let (sum, listing) = out.split_once('\n').unwrap_or((&out, ""));
     (sum.to_string(), listing.to_string())
 }

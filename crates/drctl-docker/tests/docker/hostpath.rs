@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use drctl_docker::{DockerClient, RestoreOptions, SnapshotOptions};
 
 use crate::common::{
-    docker, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL,
+    docker, in_volume_ro, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE,
+    TEST_LABEL,
 };
 use crate::lab;
 
@@ -43,37 +44,21 @@ chown 999:999 /v; chmod 0750 /v
 
 /// Blocks allocated to a file of a volume (as `stat` counts them) and its size.
 fn allocation(volume: &str, file: &str) -> (u64, u64) {
-    let out = docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{volume}:/v:ro"),
-        BASE_IMAGE,
-        "stat",
-        "-c",
-        "%b %B %s",
-        &format!("/v/{file}"),
-    ]);
+    let out = in_volume_ro(volume, &["stat", "-c", "%b %B %s", &format!("/v/{file}")]);
     let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (f[0] * f[1], f[2])
 }
 
 /// Whole-second modification times (what both paths keep), symlinks aside.
 fn mtimes(volume: &str) -> String {
-    docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{volume}:/v:ro"),
-        BASE_IMAGE,
-        "sh",
-        "-c",
-        "cd /v && find . ! -type l -printf '%p %Ts\\n' | LC_ALL=C sort",
-    ])
+    in_volume_ro(
+        volume,
+        &[
+            "sh",
+            "-c",
+            "cd /v && find . ! -type l -printf '%p %Ts\\n' | LC_ALL=C sort",
+        ],
+    )
 }
 
 /// Set (with a value) or read `user.drctl` of a file on the host, through Python's

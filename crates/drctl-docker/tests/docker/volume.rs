@@ -6,7 +6,8 @@ use drctl_docker::{RestoreOptions, SnapshotOptions, VolumeSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::common::{
-    docker, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE, TEST_LABEL,
+    docker, in_volume_ro, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE,
+    TEST_LABEL,
 };
 use crate::lab;
 
@@ -46,19 +47,15 @@ printf end | dd of=sparse.img bs=1 seek=1073741821 conv=notrunc 2>/dev/null
 }
 
 fn allocated(volume: &str, file: &str) -> String {
-    docker(&[
-        "run",
-        "--rm",
-        "--label",
-        TEST_LABEL,
-        "-v",
-        &format!("{volume}:/v:ro"),
-        BASE_IMAGE,
-        "stat",
-        "-c",
-        "%s bytes, %b blocks of %B allocated",
-        &format!("/v/{file}"),
-    ])
+    in_volume_ro(
+        volume,
+        &[
+            "stat",
+            "-c",
+            "%s bytes, %b blocks of %B allocated",
+            &format!("/v/{file}"),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,21 +120,7 @@ async fn round_trip_1gib_with_owners_modes_links_and_a_sparse_file() {
     if got != want {
         panic!("trees differ\nsource:\n{listing}\nrestored:\n{got_listing}");
     }
-    let mtime = |v: &str| {
-        docker(&[
-            "run",
-            "--rm",
-            "--label",
-            TEST_LABEL,
-            "-v",
-            &format!("{v}:/v:ro"),
-            BASE_IMAGE,
-            "stat",
-            "-c",
-            "%y",
-            "/v/a/secret",
-        ])
-    };
+    let mtime = |v: &str| in_volume_ro(v, &["stat", "-c", "%y", "/v/a/secret"]);
     assert_eq!(mtime(&src), mtime(&dst));
     let (a, b) = (allocated(&src, "sparse.img"), allocated(&dst, "sparse.img"));
     eprintln!("sparse.img source: {a}; restored: {b}");
