@@ -668,8 +668,8 @@ impl Data<'_> {
     /// volume (the largest; unless `in_place_restore`) goes first, written beside its old
     /// contents and swapped in only once its object streamed through intact (SHA-256, age,
     /// zstd and size all checked as it reads); every other object is checked first (size
-    /// and SHA-256 of the stored bytes, and the key), alongside the safety backup of what
-    /// will be overwritten. Those volumes are staged too.
+    /// and SHA-256 of the stored bytes, and the key), then the safety backup of what will be
+    /// overwritten is taken. Those volumes are staged too.
     pub async fn restore(
         &self,
         m: &Manifest,
@@ -719,9 +719,10 @@ impl Data<'_> {
             progress(format!("safety backup {} taken", s.id));
             Ok::<_, DataError>(Some(s.id))
         };
-        let (checked, safety_set) = tokio::join!(check, take_safety);
-        checked?;
-        let safety_set = safety_set?;
+        // Checks first: a damaged set must not cost a safety backup (and the stops it
+        // makes) before it is refused.
+        check.await?;
+        let safety_set = take_safety.await?;
         progress(match lead {
             Some(_) if n_checked == 0 => format!(
                 "set {}: `{}` is verified as it streams and swapped in only when intact, before touching anything",
