@@ -262,4 +262,21 @@ fn damaged_second_object_stops_the_restore_before_anything_is_swapped() {
         out.stdout
     );
     assert_eq!(tree(&st), before, "the sessions volume was not touched");
+
+    // With a safety backup: the damage is found first, so no safety set is taken.
+    let sets = |st: &Stack| -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&run(st.drctl(&["backups", "list", "--json"])).stdout).unwrap();
+        v.as_array().unwrap().len()
+    };
+    let before_sets = sets(&st);
+    let rb = st.runbook(
+        "rs",
+        "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions, cache] }\n",
+    );
+    let out = run(st.drctl(&["run", &rb]));
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(&key), "{}", out.stdout);
+    assert_eq!(sets(&st), before_sets, "no safety set for a damaged set");
+    assert_eq!(tree(&st), before);
 }
