@@ -280,3 +280,116 @@ fn damaged_second_object_stops_the_restore_before_anything_is_swapped() {
     assert_eq!(sets(&st), before_sets, "no safety set for a damaged set");
     assert_eq!(tree(&st), before);
 }
+
+/// The controller is killed (SIGKILL) while a volume streams into its staging folder: the
+/// swap container waiting for `go` sees its input end, removes the staging folder and leaves
+/// the old contents; `drctl resume` then finishes the restore.
+#[test]
+fn controller_killed_mid_restore_leaves_the_old_contents_and_no_staging_folder() {
+    if !need_docker("controller_killed_mid_restore_leaves_the_old_contents_and_no_staging_folder") {
+        return;
+    }
+    let st = Stack::new("killrestore");
+    with_volume_targets(&st);
+    let out = run(st.drctl(&["run", &st.runbook("up", UP)]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    app_exec(
+        &st,
+        "dd if=/dev/urandom of=/data/sessions/big bs=1M count=300 2>/dev/null && echo old > /data/sessions/p",
+    );
+    let out = run(st.drctl(&["backup"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    app_exec(&st, "echo newer > /data/sessions/p");
+    let volume = format!("{}_app-sessions", st.project);
+    let inspect = Command::new("docker")
+        .args(["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])
+        .output()
+        .unwrap();
+    let root = std::path::PathBuf::from(String::from_utf8_lossy(&inspect.stdout).trim());
+    let staging = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&root)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".drctl-staging-")
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let rb = st.runbook(
+        "r",
+        "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions], safety_backup: false }\n",
+    );
+    let mut child = st
+        .drctl(&["run", &rb, "--json"])
+        .env("DRCTL_VOLUME_FAST_PATH", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the upload has written something into the staging folder.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no staging folder appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it could be killed"
+        );
+        let written = staging()
+            .iter()
+            .any(|s| std::fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()));
+        if written {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !staging().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staging folder stayed: {:?}",
+            staging()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("p")).unwrap(),
+        "newer\n",
+        "the old contents stay"
+    );
+
+    let runs = st.dir.path().join("state/runs");
+    let run_id = std::fs::read_dir(&runs)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .unwrap();
+    let out = run(st
+        .drctl(&["resume", &run_id])
+        .env("DRCTL_VOLUME_FAST_PATH", "0"));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(std::fs::read_to_string(root.join("p")).unwrap(), "old\n");
+    assert!(staging().is_empty());
+    // The killed run's temporary containers (which keep the volume referenced) are gone.
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=org.drctl.volume={volume}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}

@@ -62,8 +62,8 @@ pub enum DockerError {
         source: std::io::Error,
     },
     /// A staged restore (new contents written beside the old, then swapped in) is not
-    /// possible: no image at hand has a shell to do the swap. Nothing was changed; the
-    /// caller may check its archive first and restore in place instead.
+    /// possible: no image at hand has a shell (or the tools) for the swap. The old contents
+    /// were not changed; the caller may check its archive first and restore in place.
     #[error("failed to restore volume `{volume}` beside its old contents: {reason}; restore it in place instead (empty first), after checking the archive")]
     CannotStage { volume: String, reason: String },
     /// A health gate that did not pass: `detail` says what was seen last.

@@ -33,6 +33,20 @@ fn unique_name(purpose: &str) -> String {
     )
 }
 
+/// Label naming the drctl process that made a temporary container (`<host>:<pid>`), so a
+/// later run can remove what a killed one left (see [`sweep_stale`]).
+const OWNER_LABEL: &str = "org.drctl.owner";
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn owner() -> String {
+    format!("{}:{}", this_host(), std::process::id())
+}
+
 /// A body for a container that mounts `volume` read-write at [`VOLUME_MOUNT`], runs as
 /// root without network, and runs `cmd` through `sh -c` (or is never meant to start).
 pub(crate) fn volume_body(image: &str, volume: &str, script: Option<&str>) -> ContainerCreateBody {
@@ -54,6 +68,7 @@ pub(crate) fn volume_body(image: &str, volume: &str, script: Option<&str>) -> Co
         labels: Some(HashMap::from([
             (TEMP_LABEL.to_string(), "1".to_string()),
             ("org.drctl.volume".to_string(), volume.to_string()),
+            (OWNER_LABEL.to_string(), owner()),
         ])),
         host_config: Some(HostConfig {
             network_mode: Some("none".to_string()),
@@ -121,6 +136,61 @@ async fn remove(client: &DockerClient, name: &str) -> Result<(), DockerError> {
         Err(e) => Err(client.api_err(format!(
             "remove temporary container `{name}`; remove it by hand: docker rm -f {name}"
         ))(e)),
+    }
+}
+
+/// Remove the temporary containers of a volume that a drctl process on this host left
+/// when it was killed (SIGKILL skips the cleanup): a created uploader, an exited swap
+/// container. Left alone, they keep the volume referenced (`docker volume rm` and
+/// `compose down -v` then fail) along with their anonymous volumes. Containers of live
+/// processes, of other hosts and without an owner label are not touched. Best effort.
+pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            crate::TEMP_LABEL.to_string(),
+            format!("org.drctl.volume={volume}"),
+        ],
+    )]);
+    let list = match client
+        .list_raw(
+            filters,
+            &format!("list temporary containers of volume `{volume}`"),
+        )
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("{e}");
+            return;
+        }
+    };
+    let host = this_host();
+    for c in list {
+        let Some(owner) = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)) else {
+            continue;
+        };
+        let Some((h, pid)) = owner.rsplit_once(':') else {
+            continue;
+        };
+        if h != host || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let name = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .or(c.id.clone())
+            .unwrap_or_default();
+        match remove(client, &name).await {
+            Ok(()) => tracing::info!(
+                volume,
+                container = name,
+                "removed a temporary container left by a drctl process that is gone"
+            ),
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
 }
 

@@ -6,8 +6,12 @@
 //! stream holds the volume's contents relative to its root (`./`, `./a`, ...), root entry
 //! included, so the root's owner and mode travel too.
 //!
-//! Restore: empty the volume, then `PUT /containers/{c}/archive?path=/` with the entries
-//! renamed under the temporary container's mount point (`drctl-volume/...`). Extracting at
+//! Restore (staged, the default): `PUT /containers/{c}/archive?path=/` through a temporary
+//! never-started container, with the entries renamed into a staging folder in the volume
+//! (`drctl-volume/.drctl-staging-*/...`), while a swap container that mounts the volume too
+//! starts and waits on its stdin; `go` once the upload ended well swaps the new contents
+//! in (see [`DockerClient::restore_volume`]). In place: empty the volume, then the same
+//! upload with the entries renamed under the mount point (`drctl-volume/...`). Extracting at
 //! the mount point's parent is what makes the daemon apply the root entry's owner and mode
 //! to the volume's root; extracting into the mount point itself skips the root entry
 //! (checked against Docker 20.10). `copyUIDGID` stays off: with it the daemon would chown
@@ -29,10 +33,12 @@ use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::ContainerSummary;
+use bollard::container::AttachContainerResults;
+use bollard::models::{ContainerCreateBody, ContainerSummary};
 use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, ListImagesOptions, LogsOptionsBuilder,
-    RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ListImagesOptions,
+    LogsOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -213,17 +219,38 @@ fn staging_name() -> String {
     format!(".drctl-staging-{}-{nanos:x}", std::process::id())
 }
 
+/// A swap container: the swap script waiting for `go` on its stdin, which drctl attaches.
+fn swapper_body(image: &str, volume: &str, staging: &str) -> ContainerCreateBody {
+    ContainerCreateBody {
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..volume_body(image, volume, Some(&swap_script(staging, true)))
+    }
+}
+
 /// Swaps a staged restore in: checks its tools before changing anything (exit 3: try
 /// another image), removes the old contents (stale staging folders of killed runs too),
 /// moves the new ones up (renames, same filesystem), gives the root the archive's owner,
 /// mode and time, removes the staging folder. Running it again after a failure finishes it.
-fn swap_script(staging: &str) -> String {
+fn swap_script(staging: &str, wait_for_go: bool) -> String {
+    // Waiting: `go` on stdin swaps; anything else (`abort`, or end of input when drctl
+    // died mid-upload) removes the staging folder and exits 5.
+    let wait = if wait_for_go {
+        r#"IFS= read -r go || go=
+if [ "$go" != go ]; then rm -rf -- "$S"; echo "the upload did not finish; its staging folder was removed" >&2; exit 5; fi
+"#
+    } else {
+        ""
+    };
     format!(
         r#"set -e
 cd {VOLUME_MOUNT}
 S='{staging}'
 for c in rm mv rmdir chown chmod stat; do command -v "$c" >/dev/null 2>&1 || {{ echo "this image has no $c" >&2; exit 3; }}; done
-[ -d "$S" ] || {{ echo "the staged contents ($S) are missing" >&2; exit 4; }}
+{wait}[ -d "$S" ] || {{ echo "the staged contents ($S) are missing" >&2; exit 4; }}
 own=$(stat -c %u:%g "$S"); mode=$(stat -c %a "$S")
 # The root's time too (not fingerprinted: best effort), kept outside the volume before
 # the moves change it.
@@ -533,6 +560,7 @@ impl DockerClient {
             }
             Err(e) => return Err(self.api_err(format!("inspect volume `{volume}`"))(e)),
         }
+        crate::temp::sweep_stale(self, volume).await;
         let users = self.volume_users(volume).await?;
         let running: Vec<&VolumeUser> = users.iter().filter(|u| u.running).collect();
         if !opts.stop_users && !running.is_empty() {
@@ -658,7 +686,7 @@ impl DockerClient {
                         action,
                         format!(
                             "cannot empty it: no image with `sh` and `rm` ({}), and the volume cannot be recreated instead ({}); pass an image that has a shell",
-                            if tried.is_empty() { "none to try".into() } else { tried.join("; ") },
+                            tried_list(&tried),
                             if !users.is_empty() {
                                 format!("used by {}", names(users))
                             } else {
@@ -698,11 +726,13 @@ impl DockerClient {
         })
     }
 
-    /// The staged restore through the archive API: a temporary container whose command is
-    /// the swap script is created (not started) from the first image that has a shell, the
-    /// archive is uploaded into a staging folder in the volume through it, and only when
-    /// the upload ended well (the reader verified the object) is it started to swap the new
-    /// contents in. One container run, as with emptying first.
+    /// The staged restore through the archive API. A swap container (the swap script, from
+    /// the first image that has a shell) is started while the archive is uploaded into a
+    /// staging folder in the volume through a second, never-started container: starting a
+    /// container costs a few hundred milliseconds, hidden behind the upload that way. The
+    /// script waits on its stdin: `go` (the upload ended well and the reader verified the
+    /// object) swaps the new contents in; anything else, or the attach connection closing
+    /// because drctl died, removes the staging folder and leaves the volume as it was.
     async fn restore_staged(
         &self,
         volume: &str,
@@ -713,13 +743,11 @@ impl DockerClient {
         refused: Option<String>,
     ) -> Result<Moved, DockerError> {
         let staging = staging_name();
-        let script = swap_script(&staging);
         let mut tried = Vec::new();
         let mut chosen = None;
         for (i, image) in images.iter().enumerate() {
             let t =
-                TempContainer::create(self, "restore", volume_body(image, volume, Some(&script)))
-                    .await;
+                TempContainer::create(self, "swap", swapper_body(image, volume, &staging)).await;
             let t = match t {
                 Ok(t) => t,
                 Err(e) => {
@@ -736,64 +764,202 @@ impl DockerClient {
                 tracing::warn!("{r}");
             }
         }
-        let Some((i, target)) = chosen else {
+        let Some((i, swapper)) = chosen else {
             return Err(DockerError::CannotStage {
                 volume: volume.to_string(),
                 reason: format!(
                     "no image with a shell to swap the new contents in ({})",
-                    if tried.is_empty() {
-                        "none to try".to_string()
-                    } else {
-                        tried.join("; ")
-                    }
+                    tried_list(&tried)
                 ),
             });
         };
         let image = &images[i];
+        let attach = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        let (uploader, attached) = tokio::join!(
+            TempContainer::create(self, "restore", volume_body(image, volume, None)),
+            self.docker.attach_container(&swapper.name, Some(attach)),
+        );
+        let uploader = uploader?;
+        // Without the attachment the script would wait for `go` forever: a swapper that
+        // cannot be attached is not started, and the swap falls back to a one-off run.
+        let attached = attached
+            .map_err(|e| tracing::debug!(volume, "cannot attach the swap container: {e}"))
+            .ok();
         let under = under_dir(&format!("{VOLUME_MOUNT}/{staging}"));
         let untouched = "the volume's contents were left as they were";
-        let uploaded = self
-            .upload(volume, &target.name, opts, first, input, under, untouched)
-            .await;
-        let (bytes, entries, file_bytes) = match uploaded {
-            Ok(moved) => moved,
-            Err(e) => {
-                let _ = target.remove().await;
-                self.remove_staging(volume, image, &staging).await;
-                return Err(e);
+        let start = async {
+            match attached {
+                Some(a) => self
+                    .docker
+                    .start_container(&swapper.name, None)
+                    .await
+                    .map(|()| a)
+                    .map_err(|e| tracing::debug!(volume, "cannot start the swap container: {e}"))
+                    .ok(),
+                None => None,
             }
         };
-        tracing::debug!(volume, staging, "archive staged; swapping it in");
-        let swapped = self
-            .run_to_end(
-                &target.name,
-                volume,
-                image,
-                "swap in the restored contents of",
-            )
-            .await;
-        if let Err(r) = target.remove().await {
+        let (started, uploaded) = tokio::join!(
+            start,
+            self.upload(volume, &uploader.name, opts, first, input, under, untouched)
+        );
+        let (_, swapped) = tokio::join!(uploader.remove(), async {
+            match (&uploaded, started) {
+                (Ok(_), Some(a)) => self.signal_swapper(&swapper.name, a, true).await,
+                (Err(_), Some(a)) => {
+                    // The script removes the staging folder itself (exit 5), unless it
+                    // never got that far.
+                    match self.signal_swapper(&swapper.name, a, false).await {
+                        Ok((5, _)) => {}
+                        r => {
+                            tracing::debug!(volume, "swap container after a failed upload: {r:?}");
+                            self.remove_staging(volume, image, &staging).await;
+                        }
+                    }
+                    Ok((0, String::new()))
+                }
+                (Ok(_), None) => Ok((-1, String::new())),
+                (Err(_), None) => {
+                    self.remove_staging(volume, image, &staging).await;
+                    Ok((0, String::new()))
+                }
+            }
+        });
+        if let Err(r) = swapper.remove().await {
             tracing::warn!("{r}");
         }
-        swapped.map_err(|e| {
+        let (bytes, entries, file_bytes) = uploaded?;
+        let stuck = |e: DockerError| {
             DockerError::failed(
                 format!("restore volume `{volume}`"),
                 format!(
                     "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
                 ),
             )
-        })?;
+        };
+        let mut swapped_by = image;
+        match swapped.map_err(stuck)? {
+            (0, _) => {}
+            // The swapper never ran, or its image lacks a tool the swap needs (exit 3,
+            // before anything changed): a one-off swap container from another image.
+            (code @ (-1 | 3), text) => {
+                tracing::debug!(volume, code, "swapping with a one-off container instead");
+                let script = swap_script(&staging, false);
+                let mut done = None;
+                let mut why = Vec::new();
+                if code == 3 {
+                    why.push(format!("{}: {}", short_image(image), text.trim()));
+                }
+                for other in images.iter().filter(|o| code == -1 || *o != image) {
+                    let what = format!(
+                        "swap in the restored contents of volume `{volume}` with image `{}`",
+                        short_image(other)
+                    );
+                    let t = match TempContainer::create(
+                        self,
+                        "swap",
+                        volume_body(other, volume, Some(&script)),
+                    )
+                    .await
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            why.push(e.short());
+                            continue;
+                        }
+                    };
+                    let r = self.run_for_code(&t.name, &what).await;
+                    let _ = t.remove().await;
+                    match r {
+                        Ok((0, _)) => {
+                            done = Some(other);
+                            break;
+                        }
+                        // Missing tools, found before anything changed: try the next.
+                        Ok((3, text)) => {
+                            why.push(format!("{}: {}", short_image(other), text.trim()))
+                        }
+                        Ok((code, text)) => {
+                            return Err(stuck(DockerError::failed(
+                                what,
+                                format!("exit code {code}: {}", text.trim()),
+                            )))
+                        }
+                        Err(e) => why.push(e.short()),
+                    }
+                }
+                match done {
+                    Some(other) => swapped_by = other,
+                    None => {
+                        // Nothing was swapped: the old contents are as they were. Without
+                        // the staging folder the volume is exactly as before, and the
+                        // caller may restore in place instead (emptying needs only `rm`).
+                        self.remove_staging(volume, image, &staging).await;
+                        return Err(DockerError::CannotStage {
+                            volume: volume.to_string(),
+                            reason: format!(
+                                "no image has the tools to swap the new contents in ({})",
+                                tried_list(&why)
+                            ),
+                        });
+                    }
+                }
+            }
+            (code, text) => {
+                return Err(stuck(DockerError::failed(
+                    format!(
+                        "swap in the restored contents of volume `{volume}` with image `{}`",
+                        short_image(image)
+                    ),
+                    format!("exit code {code}: {}", text.trim()),
+                )))
+            }
+        }
         Ok(Moved {
             bytes,
             entries,
             file_bytes,
             via: format!(
                 "staged, swapped in by a container from image `{}`",
-                short_image(image)
+                short_image(swapped_by)
             ),
             path: "api",
             refused,
         })
+    }
+
+    /// Tell a waiting swap container to swap (`go`) or to drop the staging folder, and wait
+    /// for it to exit: its exit code and output.
+    async fn signal_swapper(
+        &self,
+        name: &str,
+        attached: AttachContainerResults,
+        go: bool,
+    ) -> Result<(i64, String), DockerError> {
+        let AttachContainerResults {
+            mut output,
+            mut input,
+        } = attached;
+        // A swapper that already exited (exit 3) does not read: a failed write is fine,
+        // its exit code says what happened.
+        let word: &[u8] = if go { b"go\n" } else { b"abort\n" };
+        if let Err(e) = input.write_all(word).await {
+            tracing::debug!(name, "cannot write to the swap container: {e}");
+        }
+        let _ = input.shutdown().await;
+        let mut text = String::new();
+        while let Some(Ok(frame)) = output.next().await {
+            if text.len() < 4096 {
+                text.push_str(&frame.to_string());
+            }
+        }
+        let what = format!("swap in the restored contents with container `{name}`");
+        Ok((self.exit_code(name, &what).await?, text))
     }
 
     /// Whether a created container's filesystem has `/bin/sh` (read through the archive
@@ -859,26 +1025,24 @@ impl DockerClient {
             "{doing} volume `{volume}` with image `{}`",
             short_image(image)
         );
+        match self.run_for_code(name, &what).await? {
+            (0, _) => Ok(()),
+            (code, text) => Err(DockerError::failed(
+                what,
+                format!("exit code {code}: {}", text.trim()),
+            )),
+        }
+    }
+
+    /// Start a container, wait for it to exit: its exit code and the end of its output.
+    async fn run_for_code(&self, name: &str, what: &str) -> Result<(i64, String), DockerError> {
         self.docker
             .start_container(name, None)
             .await
-            .map_err(self.api_err(what.clone()))?;
-        let mut wait = self.docker.wait_container(
-            name,
-            Some(
-                WaitContainerOptionsBuilder::default()
-                    .condition("not-running")
-                    .build(),
-            ),
-        );
-        let code = match wait.next().await {
-            Some(Ok(r)) => r.status_code,
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(self.api_err(what)(e)),
-            None => -1,
-        };
+            .map_err(self.api_err(what))?;
+        let code = self.exit_code(name, what).await?;
         if code == 0 {
-            return Ok(());
+            return Ok((0, String::new()));
         }
         let mut logs = self.docker.logs(
             name,
@@ -894,10 +1058,25 @@ impl DockerClient {
         while let Some(Ok(l)) = logs.next().await {
             text.push_str(&l.to_string());
         }
-        Err(DockerError::failed(
-            what,
-            format!("exit code {code}: {}", text.trim()),
-        ))
+        Ok((code, text))
+    }
+
+    /// Wait for a started container to stop: its exit code.
+    async fn exit_code(&self, name: &str, what: &str) -> Result<i64, DockerError> {
+        let mut wait = self.docker.wait_container(
+            name,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        Ok(match wait.next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(self.api_err(what)(e)),
+            None => -1,
+        })
     }
 
     /// Feed the archive, renamed by `under` (into the mount point, or a staging folder in
@@ -1181,6 +1360,15 @@ fn names(users: &[VolumeUser]) -> String {
         .into_iter()
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What was tried and why it did not do, for a message.
+fn tried_list(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "none to try".to_string()
+    } else {
+        tried.join("; ")
+    }
 }
 
 fn short_image(image: &str) -> String {

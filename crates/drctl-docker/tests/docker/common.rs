@@ -140,6 +140,7 @@ pub struct Cleanup {
     containers: Mutex<Vec<String>>,
     volumes: Mutex<Vec<String>>,
     networks: Mutex<Vec<String>>,
+    images: Mutex<Vec<String>>,
     /// (compose command line, args up to the subcommand)
     projects: Mutex<Vec<Vec<String>>>,
 }
@@ -169,6 +170,32 @@ impl Cleanup {
         args.push(image);
         args.extend(cmd);
         docker(&args)
+    }
+
+    /// An image built from `dockerfile` (no context) with the test label; removed.
+    pub fn build_image(&self, name: &str, dockerfile: &str) -> String {
+        self.images.lock().unwrap().push(name.to_string());
+        let mut child = Command::new("docker")
+            .args(["build", "-q", "--label", TEST_LABEL, "-t", name, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dockerfile.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker build {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name.to_string()
     }
 
     /// A labelled volume.
@@ -221,6 +248,13 @@ impl Drop for Cleanup {
         }
         for n in self.networks.lock().unwrap().iter() {
             let _ = Command::new("docker").args(["network", "rm", n]).output();
+        }
+        let images = self.images.lock().unwrap().clone();
+        if !images.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&images)
+                .output();
         }
     }
 }

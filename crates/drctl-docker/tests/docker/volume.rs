@@ -228,6 +228,47 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
         "{labels}"
     );
 
+    // An image with a shell but without `stat`, which the swap needs: the swap container
+    // says so after the upload, nothing is swapped, the staging folder goes, and the
+    // caller is told to restore in place (emptying needs only `rm`).
+    let nostat = cl.build_image(
+        &name("nostat"),
+        &format!("FROM {BASE_IMAGE}\nRUN rm -f /usr/bin/stat /bin/stat\n"),
+    );
+    sh_in_volume(&vol, "echo new > /v/new");
+    let changed = tree_checksum(&vol).0;
+    let no_stat = RestoreOptions {
+        image: Some(nostat.clone()),
+        ..Default::default()
+    };
+    let e = client
+        .restore_volume(&vol, &no_stat, &mut tar.as_slice())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, drctl_docker::DockerError::CannotStage { .. })
+            && e.to_string().contains("has no stat"),
+        "{e}"
+    );
+    assert_eq!(tree_checksum(&vol).0, changed, "no staging folder is left");
+    let r = client
+        .restore_volume(
+            &vol,
+            &RestoreOptions {
+                staged: false,
+                ..no_stat
+            },
+            &mut tar.as_slice(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        r.emptied_by.starts_with("emptied by a container"),
+        "{}",
+        r.emptied_by
+    );
+    assert_eq!(tree_checksum(&vol).0, want);
+
     // A running user: stopped for the snapshot and started again.
     let user = name("vol-user");
     cl.run(
