@@ -526,46 +526,7 @@ pub fn parse_config(path: &Path, text: &str, env: Env) -> Result<Config, Diagnos
 
 /// Check a five-field cron expression: minute hour day-of-month month day-of-week.
 pub fn check_cron(expr: &str) -> Result<(), String> {
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    let hint = "a cron expression has five fields: minute hour day-of-month month day-of-week, like `0 */6 * * *`";
-    if fields.len() != 5 {
-        return Err(format!("bad cron expression `{expr}`: {hint}"));
-    }
-    let ranges = [
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day-of-month", 1, 31),
-        ("month", 1, 12),
-        ("day-of-week", 0, 7),
-    ];
-    for (f, (name, lo, hi)) in fields.iter().zip(ranges) {
-        for part in f.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((r, s)) => (r, Some(s)),
-                None => (part, None),
-            };
-            if let Some(s) = step {
-                if s.parse::<u32>().map_or(true, |n| n == 0) {
-                    return Err(format!("bad {name} step `{s}` in cron expression `{expr}`"));
-                }
-            }
-            if range == "*" {
-                continue;
-            }
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            for x in [a, b] {
-                match x.parse::<u32>() {
-                    Ok(n) if n >= lo && n <= hi => {}
-                    _ => {
-                        return Err(format!(
-                            "bad {name} `{x}` in cron expression `{expr}`: expected {lo} to {hi}"
-                        ))
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::cron::Cron::parse(expr).map(|_| ())
 }
 
 /// Find the configuration file: an explicit path, `$DRCTL_CONFIG`, or `drctl.yml` in the
@@ -607,6 +568,10 @@ mod tests {
         assert!(check_cron("15,45 1-5 * * 1-5").is_ok());
         assert!(check_cron("0 24 * * *").unwrap_err().contains("hour"));
         assert!(check_cron("* * *").is_err());
+        // The grammar `drctl schedule` runs: a backwards range is refused here too.
+        assert!(check_cron("5-1 * * * *")
+            .unwrap_err()
+            .contains("runs backwards"));
     }
 
     #[test]

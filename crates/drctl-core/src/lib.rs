@@ -5,6 +5,7 @@
 
 pub mod compose;
 pub mod config;
+pub mod cron;
 pub mod diag;
 pub mod duration;
 pub mod exec;
