@@ -126,10 +126,12 @@ rcl() { env -u AWS_CA_BUNDLE rclone "$@"; }
 export -f rcl
 
 log "building drctl (release)"
-(cd "$DRCTL_ROOT" && cargo build --release -p drctl) >"$WORK/build.log" 2>&1 \
-    || { tail -n 30 "$WORK/build.log" >&2; die "cargo build --release failed"; }
+(cd "$DRCTL_ROOT" && cargo build --release -p drctl && cargo build --release -p drctl-docker --example restore_tar) \
+    >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log" >&2; die "cargo build --release failed"; }
 DRCTL="${CARGO_TARGET_DIR:-$DRCTL_ROOT/target}/release/drctl"
-[ -x "$DRCTL" ] || die "no drctl binary at $DRCTL"
+# drctl's volume restore code fed from a tar file (no decoding): crates/drctl-docker/examples.
+RESTORE_TAR="${CARGO_TARGET_DIR:-$DRCTL_ROOT/target}/release/examples/restore_tar"
+[ -x "$DRCTL" ] && [ -x "$RESTORE_TAR" ] || die "no drctl binary at $DRCTL"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export DRCTL_LAB_PROJECT="$PROJECT"
@@ -270,6 +272,18 @@ journal() {
 empty_volume() { find "$1" -mindepth 1 -delete; }
 archive_url() { echo "http://docker/containers/$1/archive?path=$2"; }
 
+# The floor while drctl decodes and checks the same object from the local-folder repository
+# beside it (`backups verify`: read, SHA-256, age, zstd, nothing written): what sharing the
+# cores with that work alone costs the archive API. A script for `measure` (GNU time).
+floor_contended() {
+    cat <<EOF
+curl -sfS --unix-socket /var/run/docker.sock -X PUT -T '$WORK/vol.tar' '$(archive_url "$APP" /data/sessions)' &
+up=\$!
+DRCTL_CONFIG='$WORK/vollocal/drctl.yml' '$DRCTL' backups verify '$LOCAL_SET' >/dev/null || exit 1
+wait \$up
+EOF
+}
+
 # ---------------------------------------------------------------------------------------
 # 1. volume
 # ---------------------------------------------------------------------------------------
@@ -334,6 +348,13 @@ bench_volume() {
             # The same through the API with a local-folder repository (no S3 server).
             drctl_in vollocal backup >"$WORK/log.local_backup" 2>&1 \
                 || { tail -n 30 "$WORK/log.local_backup" >&2; die "the local-folder backup failed"; }
+            LOCAL_SET=$(drctl_in vollocal backups list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+            empty_volume "$MP"
+            measure floor_contended_restore bash -c "$(floor_contended)"
+            empty_volume "$MP"
+            measure tarfile_restore "$RESTORE_TAR" "$VOL" "$WORK/vol.tar"
+            check_tree tarfile_restore "$want"
+            measure decode_only env DRCTL_CONFIG="$WORK/vollocal/drctl.yml" "$DRCTL" backups verify "$LOCAL_SET"
             empty_volume "$MP"
             measure local_restore env DRCTL_VOLUME_FAST_PATH=0 DRCTL_CONFIG="$WORK/vollocal/drctl.yml" "$DRCTL" -v run restore --yes
             check_tree local_restore "$want"
@@ -359,6 +380,12 @@ bench_volume() {
         empty_volume "$MP"
         measure "floor_chunked_restore.r$round" bash -c "cat '$WORK/vol.tar' | curl -sfS --unix-socket /var/run/docker.sock -X PUT -T - '$(archive_url "$APP" /data/sessions)'"
         empty_volume "$MP"
+        measure "floor_contended_restore.r$round" bash -c "$(floor_contended)"
+        empty_volume "$MP"
+        measure "tarfile_restore.r$round" "$RESTORE_TAR" "$VOL" "$WORK/vol.tar"
+        check_tree "tarfile_restore.r$round" "$want"
+        measure "decode_only.r$round" env DRCTL_CONFIG="$WORK/vollocal/drctl.yml" "$DRCTL" backups verify "$LOCAL_SET"
+        empty_volume "$MP"
         measure "raw_restore.r$round" bash -c "set -o pipefail; rcl cat bench:$DRCTL_S3_BUCKET/$S3_PREFIX/raw/vol.tar \
             | curl -sfS --unix-socket /var/run/docker.sock -X PUT -T - '$(archive_url "$APP" /data/sessions)'"
         empty_volume "$MP"
@@ -376,7 +403,7 @@ bench_volume() {
         done
     done
     rm -f "$WORK/vol.tar"
-    python3 - "$RESULTS" "$ROUNDS" floor_restore floor_chunked_restore raw_restore restic_restore local_restore api_restore host_restore <<'PY'
+    python3 - "$RESULTS" "$ROUNDS" floor_restore floor_chunked_restore floor_contended_restore tarfile_restore decode_only raw_restore restic_restore local_restore api_restore host_restore <<'PY'
 import statistics, sys
 path, rounds, keys = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 r = dict(l.rstrip("\n").partition(" ")[::2] for l in open(path))

@@ -80,15 +80,30 @@ if "vol.bytes" in r:
     row(1, what_b, f"**drctl, host path** ({enc})", "host_backup", vb,
         join(speed("host_backup", "raw_backup", "raw"), speed("host_backup", "restic_backup", "restic")))
     what_r = f"volume restore ({mib(vb)})"
+    def cpu(k, *who):
+        """CPU seconds of the named processes in a measurement: ("drctl", "cpu_s"), ..."""
+        parts = [f"{label} {num(f'{k}.{field}'):.1f} s" for label, field in who if num(f"{k}.{field}") is not None]
+        return "CPU: " + ", ".join(parts) if parts else ""
+
+    def vs_floor(k):
+        a, b = num(k + ".s"), num("floor_restore.s")
+        return f"{a / b:.2f}× the floor's time" if a and b else ""
+
+    dockerd = ("dockerd", "dockerd_cpu_s")
     row(1, what_r, "archive API floor (local tar → API)", "floor_restore", vb, show_rss=False,
-        notes=(f"CPU: dockerd {num('floor_restore.dockerd_cpu_s'):.1f} s"
-               if num("floor_restore.dockerd_cpu_s") is not None else ""))
+        notes=cpu("floor_restore", dockerd))
     row(1, what_r, "archive API floor, chunked (cat file \\| curl -T -)", "floor_chunked_restore", vb, show_rss=False,
-        notes=(f"CPU: dockerd {num('floor_chunked_restore.dockerd_cpu_s'):.1f} s"
-               if num("floor_chunked_restore.dockerd_cpu_s") is not None else ""))
+        notes=cpu("floor_chunked_restore", dockerd))
+    row(1, what_r, "archive API floor with drctl decoding the same object beside it (`backups verify`, local folder)",
+        "floor_contended_restore", vb, show_rss=False, ratio=vs_floor("floor_contended_restore"),
+        notes=cpu("floor_contended_restore", dockerd, ("curl and drctl", "cpu_s")))
+    row(1, what_r, "drctl's volume restore code fed from the tar file (staged, nothing to decode: `restore_tar` example)",
+        "tarfile_restore", vb, show_rss=False, ratio=vs_floor("tarfile_restore"),
+        notes=cpu("tarfile_restore", ("it", "cpu_s"), dockerd))
+    row(1, what_r, "drctl decoding the object alone (`backups verify`, local folder: read, SHA-256, age, zstd)",
+        "decode_only", vb, show_rss=False, notes=cpu("decode_only", ("drctl", "cpu_s")))
     row(1, what_r, "raw pipeline (rclone cat → archive API)", "raw_restore", vb, show_rss=False,
-        notes=(f"CPU: dockerd {num('raw_restore.dockerd_cpu_s'):.1f} s, Garage {num('raw_restore.garage_cpu_s'):.1f} s"
-               if num("raw_restore.dockerd_cpu_s") is not None else ""))
+        notes=cpu("raw_restore", dockerd, ("Garage", "garage_cpu_s")))
     row(1, what_r, "restic (S3 → host folder)", "restic_restore", vb)
     for mode, label in (("api", "archive API"), ("local", "archive API, local-folder repository"), ("host", "host path")):
         k = f"{mode}_restore"
@@ -99,15 +114,12 @@ if "vol.bytes" in r:
             notes.append(f"step {num(k + '.step.restore'):.1f} s")
         if num(k + ".overhead") is not None:
             notes.append(f"outside the step {num(k + '.overhead'):.1f} s")
-        if num(k + ".cpu_s") is not None:
-            notes.append(f"CPU: drctl {num(k + '.cpu_s'):.1f} s, dockerd {num(k + '.dockerd_cpu_s'):.1f} s, "
-                         f"Garage {num(k + '.garage_cpu_s'):.1f} s")
+        notes.append(cpu(k, ("drctl", "cpu_s"), dockerd, ("Garage", "garage_cpu_s")))
         ratio = join(
-            (f"{num(k + '.s') / num('floor_restore.s'):.2f}× the floor's time"
-             if mode in ("api", "local") and num("floor_restore.s") and num(k + ".s") else ""),
+            vs_floor(k) if mode in ("api", "local") else "",
             speed(k, "raw_restore", "raw"),
             speed(k, "restic_restore", "restic"))
-        row(1, what_r, f"**drctl, {label}** ({enc})", k, vb, ratio, "; ".join(notes))
+        row(1, what_r, f"**drctl, {label}** ({enc})", k, vb, ratio, "; ".join(n for n in notes if n))
 
 # 2. PostgreSQL
 if "pg.bytes" in r:
