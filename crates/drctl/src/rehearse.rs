@@ -4,12 +4,10 @@
 //! copy's compose file is rewritten so that nothing in it can name a live resource.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use drctl_core::config::{Config, Target};
 use drctl_core::exec::events::RunStatus;
-use drctl_core::exec::{new_run_id, Executor, Journal, RunDir, RunOptions, RunReport};
-use drctl_core::plan::{build_plan, PlanInput};
+use drctl_core::exec::{new_run_id, RunDir};
 use drctl_core::source::process_env;
 use drctl_core::yaml::{Node, Value as Y};
 use drctl_core::{load_runbook, resolve_runbook};
@@ -19,6 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::context;
 use crate::error::CliError;
 use crate::render;
+use crate::run::{execute_plan, interrupted, ExecHooks};
 use crate::runner::Runner;
 
 /// A compose file as JSON (compose reads JSON too), typed the way compose expects.
@@ -402,43 +401,26 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
     let runner = Runner::new(scratch.clone(), Some(compose.clone()), rb.backup.clone())
         .await?
         .for_rehearsal(&live);
-    let docker = runner.docker_view().await;
-    let plan = build_plan(PlanInput {
-        runbook: &rb,
-        config: Some(&scratch),
-        docker,
-    })
-    .map_err(|c| CliError::Failed(format!("dependency cycle: {}", c.join(" -> "))))?;
     let dir = RunDir::new(&scratch.state_dir(), &id);
-    let journal = Arc::new(Journal::open(&dir.journal()).map_err(|e| {
-        CliError::Unavailable(format!(
-            "failed to open the journal {}: {e}",
-            dir.journal().display()
-        ))
-    })?);
-    let exec = Executor::new(
-        &id,
-        Arc::new(runner),
-        journal,
-        render::sink(render::mode(args.json)),
-    );
-    let opts = RunOptions {
+    let objectives = rb.objectives.clone().or_else(|| live.objectives.clone());
+    let hooks = ExecHooks {
         yes: args.yes,
         confirm: None,
-        max_parallel: 0,
+        sink: render::sink(render::mode(args.json)),
+        cancel: Box::pin(interrupted()),
     };
-    let outcome = exec
-        .run(&plan, &[], &opts, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
-    let events = Journal::read(&dir.journal()).map_err(CliError::Failed)?;
-    let objectives = rb.objectives.clone().or_else(|| live.objectives.clone());
-    let report = RunReport::from_events(&events, objectives.as_ref()).expect("events");
-    let _ = std::fs::write(
-        dir.report(),
-        serde_json::to_vec_pretty(&report).expect("report"),
-    );
+    let executed = execute_plan(
+        runner,
+        &scratch,
+        &rb,
+        &dir,
+        &id,
+        objectives.as_ref(),
+        &[],
+        hooks,
+        None,
+    )
+    .await;
 
     // Tear the copy down: its containers, volumes and networks, and the sets it took.
     let mut teardown = Map::new();
@@ -480,6 +462,9 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
             }
         }
     }
+    // The copy is torn down whatever happened; then what happened is reported.
+    let (outcome, report) = executed?;
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&json!({"rehearsal": id, "scratch_project": scratch_project, "kept": args.keep, "teardown": teardown, "report": report})).expect("json"));
     } else {

@@ -50,7 +50,7 @@ fn state_dir(loaded: &Loaded) -> Result<PathBuf, CliError> {
 }
 
 /// Resolves when the operator interrupts (Ctrl-C) or the process is asked to stop (SIGTERM).
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -262,6 +262,54 @@ pub(crate) async fn execute_with(
 ) -> Result<Executed, CliError> {
     let cfg = loaded.require_config()?;
     let runner = Runner::new(cfg.clone(), loaded.compose.clone(), rb.backup.clone()).await?;
+    let start = json!({"event": "start", "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project});
+    let (outcome, report) = execute_plan(
+        runner,
+        cfg,
+        rb,
+        dir,
+        &meta.run_id,
+        meta.objectives.as_ref(),
+        &prior,
+        hooks,
+        Some(start),
+    )
+    .await?;
+    let report = report?;
+    let on = if outcome.status == RunStatus::Succeeded {
+        NotifyOn::Success
+    } else {
+        NotifyOn::Failure
+    };
+    let event = if on == NotifyOn::Success {
+        "success"
+    } else {
+        "failure"
+    };
+    notify_run(cfg, on, json!({"event": event, "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project, "report": report})).await;
+    Ok(Executed {
+        outcome,
+        report,
+        lock,
+    })
+}
+
+/// Plan a runbook over a runner, run it with its journal in `dir`, and write the report
+/// there. With `start`, the start webhooks get it once the run is about to begin. Errors are what kept the executor from starting (a dependency cycle, no Docker,
+/// an unwritable journal); after it ran, the outcome comes back whatever it is, with the
+/// report or why it could not be read (a caller may still have to clean up).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn execute_plan(
+    runner: Runner,
+    cfg: &drctl_core::config::Config,
+    rb: &drctl_core::Runbook,
+    dir: &RunDir,
+    run_id: &str,
+    objectives: Option<&Objectives>,
+    prior: &[Event],
+    hooks: ExecHooks,
+    start: Option<serde_json::Value>,
+) -> Result<(drctl_core::exec::RunOutcome, Result<RunReport, CliError>), CliError> {
     let docker = runner.docker_view().await;
     let plan = build_plan(PlanInput {
         runbook: rb,
@@ -280,37 +328,23 @@ pub(crate) async fn execute_with(
             dir.journal().display()
         ))
     })?);
-    let exec = Executor::new(&meta.run_id, Arc::new(runner), journal, hooks.sink);
+    let exec = Executor::new(run_id, Arc::new(runner), journal, hooks.sink);
     let opts = RunOptions {
         yes: hooks.yes,
         confirm: hooks.confirm,
         max_parallel: 0,
     };
-    notify_run(cfg, NotifyOn::Start, json!({"event": "start", "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project})).await;
-    let outcome = exec.run(&plan, &prior, &opts, hooks.cancel).await;
-    let events = Journal::read(&dir.journal()).map_err(CliError::Failed)?;
-    let report =
-        RunReport::from_events(&events, meta.objectives.as_ref()).expect("a run has events");
-    let _ = std::fs::write(
-        dir.report(),
-        serde_json::to_vec_pretty(&report).expect("report"),
-    );
-    let on = if outcome.status == RunStatus::Succeeded {
-        NotifyOn::Success
-    } else {
-        NotifyOn::Failure
-    };
-    let event = if on == NotifyOn::Success {
-        "success"
-    } else {
-        "failure"
-    };
-    notify_run(cfg, on, json!({"event": event, "run_id": meta.run_id, "runbook": meta.runbook, "stack": meta.project, "report": report})).await;
-    Ok(Executed {
-        outcome,
-        report,
-        lock,
-    })
+    if let Some(start) = start {
+        notify_run(cfg, NotifyOn::Start, start).await;
+    }
+    let outcome = exec.run(&plan, prior, &opts, hooks.cancel).await;
+    let report = Journal::read(&dir.journal())
+        .map_err(CliError::Failed)
+        .map(|events| RunReport::from_events(&events, objectives).expect("a run has events"));
+    if let Ok(r) = &report {
+        let _ = std::fs::write(dir.report(), serde_json::to_vec_pretty(r).expect("report"));
+    }
+    Ok((outcome, report))
 }
 
 /// Webhooks on run start / success / failure. A failing webhook never fails the recovery:
