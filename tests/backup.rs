@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{app_exec, need_docker, run, Stack};
+use common::{app_exec, need_docker, run, service_running, Stack};
 
 const UP: &str = "version: 1
 defaults: { timeout: 3m }
@@ -375,10 +375,20 @@ fn controller_killed_mid_restore_leaves_the_old_contents_and_no_staging_folder()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .max()
         .unwrap();
+    // The app, stopped for the restore, is still down: the killed drctl could not start it.
+    let app_running = || service_running(&st, "app");
+    assert!(!app_running());
     let out = run(st
         .drctl(&["resume", &run_id])
         .env("DRCTL_VOLUME_FAST_PATH", "0"));
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("a drctl process stopped it for an operation and was killed"),
+        "{}",
+        out.stderr
+    );
+    assert!(app_running(), "the app runs again after the resume");
     assert_eq!(std::fs::read_to_string(root.join("p")).unwrap(), "old\n");
     assert!(staging().is_empty());
     // The killed run's temporary containers (which keep the volume referenced) are gone.

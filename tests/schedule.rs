@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{app_exec, free_port, need_docker, run, Stack};
+use common::{app_exec, free_port, need_docker, run, service_running, Stack};
 
 const UP: &str = "version: 1
 defaults: { timeout: 3m }
@@ -376,13 +376,8 @@ fn killed_or_interrupted_backup_leaves_no_complete_set_and_the_next_run_succeeds
         "a killed backup looks complete: {:?}",
         sets(&st)
     );
-    // The snapshot had stopped the app; bring it back for the next part.
-    assert!(Command::new("docker")
-        .args(["start", &st.container_id("app")])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    // The snapshot had stopped the app, and the killed drctl could not start it again.
+    assert!(!service_running(&st, "app"), "the snapshot stopped the app");
 
     // 2. SIGTERM with a grace period shorter than the backup: the job is interrupted,
     // journaled as such, and what the snapshot stopped runs again.
@@ -406,6 +401,14 @@ fn killed_or_interrupted_backup_leaves_no_complete_set_and_the_next_run_succeeds
     let (code, _) = wait_exit(&mut child, Duration::from_secs(60));
     assert_eq!(code, 0, "{}", std::fs::read_to_string(&log).unwrap());
     let lines = json_lines(&log);
+    // The next scheduler started first what the killed one had left stopped.
+    assert!(
+        logged(
+            &lines,
+            "a drctl process stopped it for an operation and was killed"
+        ),
+        "{lines:?}"
+    );
     assert!(logged(&lines, "interrupting the running job"), "{lines:?}");
     assert!(logged(&lines, "job interrupted"), "{lines:?}");
     let run_id = ended_run_id(&lines);
@@ -427,18 +430,8 @@ fn killed_or_interrupted_backup_leaves_no_complete_set_and_the_next_run_succeeds
         "an interrupted backup looks complete: {:?}",
         sets(&st)
     );
-    let state = Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{.State.Running}}",
-            &st.container_id("app"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&state.stdout).trim(),
-        "true",
+    assert!(
+        service_running(&st, "app"),
         "the app, stopped for the snapshot, runs again"
     );
 

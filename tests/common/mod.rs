@@ -201,6 +201,20 @@ impl Drop for Stack {
     }
 }
 
+/// Whether the stack's container of `service` runs (`docker inspect`'s `.State.Running`).
+pub fn service_running(st: &Stack, service: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            &st.container_id(service),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
 /// Run a shell script in the stack's `app` container; its stdout (it must succeed).
 pub fn app_exec(st: &Stack, script: &str) -> String {
     let out = std::process::Command::new("docker")

@@ -166,10 +166,13 @@ impl DockerClient {
             armed: true,
         };
         for c in containers {
-            match self.stop_one(c.as_ref(), grace).await {
-                Ok(true) => guard.stopped.push(c.as_ref().to_string()),
-                Ok(false) => {}
+            let c = c.as_ref();
+            guard.record(c);
+            match self.stop_one(c, grace).await {
+                Ok(true) => guard.stopped.push(c.to_string()),
+                Ok(false) => guard.clear(c),
                 Err(e) => {
+                    guard.clear(c);
                     if let Err(r) = guard.restore().await {
                         tracing::error!("{r}");
                     }
@@ -222,6 +225,18 @@ pub struct StoppedGuard {
 }
 
 impl StoppedGuard {
+    fn record(&self, container: &str) {
+        if let Some(l) = &self.client.ledger {
+            l.record(container);
+        }
+    }
+
+    fn clear(&self, container: &str) {
+        if let Some(l) = &self.client.ledger {
+            l.clear(container);
+        }
+    }
+
     /// The containers this guard stopped (and will start), in stopping order.
     pub fn stopped(&self) -> &[String] {
         &self.stopped
@@ -233,7 +248,11 @@ impl StoppedGuard {
         self.armed = false;
         let mut first: Option<DockerError> = None;
         for c in self.stopped.iter().rev() {
-            if let Err(e) = self.client.start(&[c]).await {
+            let started = self.client.start(&[c]).await;
+            if started.is_ok() {
+                self.clear(c);
+            }
+            if let Err(e) = started {
                 let e = DockerError::failed(
                     format!("start container `{c}` again after drctl stopped it"),
                     format!("{}; start it by hand: docker start {c}", e.short()),
@@ -250,6 +269,9 @@ impl StoppedGuard {
     /// Leave the containers stopped; returns their names.
     pub fn keep_stopped(mut self) -> Vec<String> {
         self.armed = false;
+        for c in &self.stopped {
+            self.clear(c);
+        }
         std::mem::take(&mut self.stopped)
     }
 }
@@ -269,8 +291,13 @@ impl Drop for StoppedGuard {
                 let stopped = std::mem::take(&mut self.stopped);
                 rt.spawn(async move {
                     for c in stopped.iter().rev() {
-                        if let Err(e) = client.start(&[c]).await {
-                            tracing::error!("{e}");
+                        match client.start(&[c]).await {
+                            Ok(()) => {
+                                if let Some(l) = &client.ledger {
+                                    l.clear(c);
+                                }
+                            }
+                            Err(e) => tracing::error!("{e}"),
                         }
                     }
                 });

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod exec;
 pub mod health;
 mod hostpath;
+mod ledger;
 pub mod spec;
 mod tarstream;
 mod temp;
@@ -168,6 +169,15 @@ pub struct DaemonInfo {
 pub struct DockerClient {
     docker: Docker,
     host: String,
+    /// Where guards record what they stopped ([`DockerClient::with_stop_ledger`]).
+    ledger: Option<std::sync::Arc<ledger::Ledger>>,
+}
+
+/// This machine's name (for records that say which drctl process made them).
+pub(crate) fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Where the client connects: `DOCKER_HOST`, or the default socket.
@@ -194,6 +204,7 @@ impl DockerClient {
         Ok(DockerClient {
             docker,
             host: host.to_string(),
+            ledger: None,
         })
     }
 

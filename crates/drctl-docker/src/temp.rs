@@ -37,14 +37,8 @@ fn unique_name(purpose: &str) -> String {
 /// later run can remove what a killed one left (see [`sweep_stale`]).
 const OWNER_LABEL: &str = "org.drctl.owner";
 
-fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
 fn owner() -> String {
-    format!("{}:{}", this_host(), std::process::id())
+    format!("{}:{}", crate::this_host(), std::process::id())
 }
 
 /// A body for a container that mounts `volume` read-write at [`VOLUME_MOUNT`], runs as
@@ -165,7 +159,7 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
             return;
         }
     };
-    let host = this_host();
+    let host = crate::this_host();
     for c in list {
         let Some(owner) = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)) else {
             continue;

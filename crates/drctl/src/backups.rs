@@ -39,10 +39,11 @@ pub async fn backup(config: Option<&Path>, tags: Vec<String>, json: bool) -> Res
     let id = new_run_id();
     let _lock = StackLock::acquire(&cfg.state_dir(), &cfg.stack.project, &id, "drctl backup")
         .map_err(|e| CliError::Locked(e.to_string()))?;
-    let docker = DockerClient::connect()?;
+    let docker = DockerClient::connect()?.with_stop_ledger(crate::runner::stop_ledger(cfg));
     docker
         .daemon_info(std::time::Duration::from_secs(5))
         .await?;
+    docker.start_left_stopped().await;
     let data = Data {
         docker: &docker,
         repo: &repo,

@@ -39,13 +39,21 @@ fn err(e: DockerError) -> StepError {
     StepError::new(e.to_string())
 }
 
+/// Where a stack's stop records live (see `DockerClient::with_stop_ledger`).
+pub(crate) fn stop_ledger(config: &Config) -> std::path::PathBuf {
+    config.state_dir().join("stopped")
+}
+
 impl Runner {
     pub async fn new(
         config: Config,
         compose: Option<ComposeModel>,
         default_selection: Option<drctl_core::runbook::Selection>,
     ) -> Result<Self, CliError> {
-        let docker = DockerClient::connect()?;
+        // Callers hold the stack's lock: whatever a killed drctl left stopped for an
+        // operation on this stack is started again first.
+        let docker = DockerClient::connect()?.with_stop_ledger(stop_ledger(&config));
+        docker.start_left_stopped().await;
         // A broken repository fails only the steps that need it.
         let repo = drctl_repo::Repository::open(&config, &drctl_core::source::process_env)
             .map_err(|e| e.to_string());

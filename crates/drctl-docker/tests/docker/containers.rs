@@ -162,4 +162,51 @@ async fn stopped_containers_come_back_on_failure_and_on_drop() {
         .unwrap();
     guard.restore().await.unwrap();
     assert_eq!(state(&a), "running");
+
+    // With a stop ledger: a record while stopped, none once started again.
+    let ledger = tempfile::tempdir().unwrap();
+    let records = || std::fs::read_dir(ledger.path()).unwrap().count();
+    let client = client.with_stop_ledger(ledger.path());
+    let guard = client
+        .stop_guarded(&[&a, &b], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        records(),
+        1,
+        "only the container that was running is recorded"
+    );
+    guard.restore().await.unwrap();
+    assert_eq!(records(), 0);
+
+    // A drctl killed with the guard armed (here: forgotten, so no cleanup runs) leaves
+    // the record; while its process lives, nobody else touches it; once it is gone, the
+    // next drctl starts the container.
+    let guard = client
+        .stop_guarded(&[&a], Duration::from_secs(10))
+        .await
+        .unwrap();
+    std::mem::forget(guard);
+    assert!(
+        client.start_left_stopped().await.is_empty(),
+        "its owner (this process) lives"
+    );
+    assert_eq!(state(&a), "exited");
+    let record = std::fs::read_dir(ledger.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let text = std::fs::read_to_string(&record).unwrap().replace(
+        &format!("pid={}", std::process::id()),
+        &format!("pid={dead_pid}"),
+    );
+    std::fs::write(&record, text).unwrap();
+    assert_eq!(client.start_left_stopped().await, vec![a.clone()]);
+    assert_eq!(state(&a), "running");
+    assert_eq!(records(), 0);
 }
