@@ -37,6 +37,6 @@ pub use error::{RepoError, Result};
 pub use manifest::{Compression, Encryption, EncryptionInfo, ItemRecord, Manifest};
 pub use pipeline::ItemReader;
 pub use repo::{
-    ItemCheck, ItemSpec, Options, PruneEntry, PrunePlan, Repository, SetInfo, SetWriter,
-    VerifyReport,
+    parse_before, ItemCheck, ItemSpec, Options, PruneEntry, PrunePlan, Repository, SetInfo,
+    SetWriter, VerifyReport,
 };

@@ -805,7 +805,7 @@ fn fmt_dur(d: Duration) -> String {
 }
 
 /// `before:` as an RFC 3339 time or a duration ago.
-fn parse_before(s: &str, now: Timestamp) -> std::result::Result<Timestamp, String> {
+pub fn parse_before(s: &str, now: Timestamp) -> std::result::Result<Timestamp, String> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }

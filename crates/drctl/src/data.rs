@@ -594,14 +594,10 @@ impl Data<'_> {
     pub async fn select_for(&self, sel: &Selection, names: &[String]) -> Result<Manifest> {
         let cutoff = match sel {
             Selection::Latest => None,
-            Selection::Before(b) => Some(match b.parse::<jiff::Timestamp>() {
-                Ok(t) => t,
-                Err(_) => {
-                    let d = drctl_core::duration::parse_duration(b).map_err(DataError::fatal)?;
-                    jiff::Timestamp::now()
-                        - jiff::SignedDuration::try_from(d.as_duration()).unwrap_or_default()
-                }
-            }),
+            Selection::Before(b) => Some(
+                drctl_repo::parse_before(b, jiff::Timestamp::now())
+                    .map_err(|e| DataError::fatal(format!("backup: before: {e}")))?,
+            ),
             _ => return Ok(self.repo.select(sel, jiff::Timestamp::now()).await?),
         };
         let targets = self.targets(names)?;
