@@ -116,25 +116,27 @@ struct Prefix {
 }
 
 impl Prefix {
-    /// The repository of `config` with drctl's own S3 client, in a fresh runtime.
+    /// The repository of `config` with drctl's own S3 client, in a fresh runtime (None
+    /// when it cannot be opened).
     fn with_backend<T>(
         &self,
         f: impl for<'a> FnOnce(
             &'a drctl_repo::Repository,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>,
-    ) -> T {
+    ) -> Option<T> {
         let env = &drctl_core::source::process_env;
-        let cfg = drctl_core::config::load_config(Path::new(&self.config), env).unwrap();
-        let repo = drctl_repo::Repository::open(&cfg, env).unwrap();
-        tokio::runtime::Builder::new_current_thread()
+        let cfg = drctl_core::config::load_config(Path::new(&self.config), env).ok()?;
+        let repo = drctl_repo::Repository::open(&cfg, env).ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
-            .block_on(f(&repo))
+            .ok()?;
+        Some(rt.block_on(f(&repo)))
     }
 }
 
 impl Drop for Prefix {
+    /// No panics here: a panic while a failed test unwinds would abort the test binary.
     fn drop(&mut self) {
         self.with_backend(|repo| {
             Box::pin(async move {
@@ -201,7 +203,7 @@ fn damaged_object_in_the_bucket_is_caught_before_anything_is_destroyed() {
         .unwrap()
         .to_string();
     // The damage: one byte in the middle of the stored object.
-    prefix.with_backend(|repo| {
+    let damaged = prefix.with_backend(|repo| {
         let key = repo.full_key(&key);
         Box::pin(async move {
             let b = repo.backend().as_ref();
@@ -215,6 +217,7 @@ fn damaged_object_in_the_bucket_is_caught_before_anything_is_destroyed() {
                 .unwrap();
         })
     });
+    assert!(damaged.is_some(), "the repository of {} opens", st.config());
 
     let verify = run(st.drctl(&["backups", "verify", &set]));
     assert_eq!(verify.code, 1, "{}\n{}", verify.stdout, verify.stderr);
@@ -240,5 +243,9 @@ fn damaged_object_in_the_bucket_is_caught_before_anything_is_destroyed() {
         app_exec(&st, "cat /data/sessions/p").trim(),
         "newer",
         "nothing was destroyed"
+    );
+    assert!(
+        !app_exec(&st, "ls -A /data/sessions").contains(".drctl-staging"),
+        "no staging folder is left"
     );
 }

@@ -197,7 +197,40 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // drctl's temporary containers of this stack's volumes (a test that killed drctl
+        // mid-run may leave some): they would keep the volumes from being removed.
+        if let Ok(out) = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=org.drctl.temp",
+                "--format",
+                "{{.ID}} {{.Label \"org.drctl.volume\"}}",
+            ])
+            .output()
+        {
+            let prefix = format!("{}_", self.project);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((id, volume)) = line.split_once(' ') {
+                    if volume.starts_with(&prefix) {
+                        let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+                    }
+                }
+            }
+        }
         self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failing test does
+/// not leave it running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

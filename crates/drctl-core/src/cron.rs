@@ -55,7 +55,11 @@ fn cron_field(expr: &str, name: &str, f: &str, lo: u32, hi: u32) -> Result<u64, 
         let mut x = a;
         while x <= b {
             bits |= 1 << x;
-            x += step.unwrap_or(1);
+            // A step past the range ends it (and a huge one cannot overflow).
+            match x.checked_add(step.unwrap_or(1)) {
+                Some(n) => x = n,
+                None => break,
+            }
         }
     }
     Ok(bits)
@@ -242,6 +246,10 @@ mod tests {
         assert!(Cron::parse("0 24 * * *").unwrap_err().contains("hour"));
         assert!(Cron::parse("* * *").is_err());
         assert!(Cron::parse("*/0 * * * *").is_err());
+        assert_eq!(
+            Cron::parse("*/4294967295 * * * *").unwrap(),
+            Cron::parse("0 * * * *").unwrap()
+        );
         assert!(Cron::parse("5-1 * * * *")
             .unwrap_err()
             .contains("runs backwards"));

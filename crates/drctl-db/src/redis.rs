@@ -1120,7 +1120,7 @@ impl Redis {
         let down = Instant::now();
         let guard = self
             .docker
-            .stop_guarded(&[self.container.as_str()], opts.grace)
+            .stop_guarded_for_restore(&[self.container.as_str()], opts.grace)
             .await?;
         let (layout, path, installed) = match (&p.appenddirname, p.appendonly) {
             (Some(adir), true) => {

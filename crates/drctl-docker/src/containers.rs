@@ -160,19 +160,43 @@ impl DockerClient {
         containers: &[S],
         grace: Duration,
     ) -> Result<StoppedGuard, DockerError> {
+        self.stop_guarded_for(containers, grace, false).await
+    }
+
+    /// [`DockerClient::stop_guarded`] for a restore: should drctl be killed before it
+    /// starts them again, the next drctl starts them only once a run succeeded (see
+    /// [`DockerClient::start_left_stopped`]), not on data a restore left half-written.
+    pub async fn stop_guarded_for_restore<S: AsRef<str>>(
+        &self,
+        containers: &[S],
+        grace: Duration,
+    ) -> Result<StoppedGuard, DockerError> {
+        self.stop_guarded_for(containers, grace, true).await
+    }
+
+    async fn stop_guarded_for<S: AsRef<str>>(
+        &self,
+        containers: &[S],
+        grace: Duration,
+        restore: bool,
+    ) -> Result<StoppedGuard, DockerError> {
         let mut guard = StoppedGuard {
             client: self.clone(),
             stopped: Vec::new(),
+            records: Vec::new(),
             armed: true,
         };
         for c in containers {
             let c = c.as_ref();
-            guard.record(c);
+            let record = self.ledger.as_ref().and_then(|l| l.record(c, restore));
             match self.stop_one(c, grace).await {
-                Ok(true) => guard.stopped.push(c.to_string()),
-                Ok(false) => guard.clear(c),
+                Ok(true) => {
+                    guard.stopped.push(c.to_string());
+                    guard.records.push(record);
+                }
+                Ok(false) => clear(record.as_deref()),
                 Err(e) => {
-                    guard.clear(c);
+                    clear(record.as_deref());
                     if let Err(r) = guard.restore().await {
                         tracing::error!("{r}");
                     }
@@ -221,22 +245,18 @@ impl DockerClient {
 pub struct StoppedGuard {
     client: DockerClient,
     stopped: Vec<String>,
+    /// The stop record of each stopped container, when the client keeps a ledger.
+    records: Vec<Option<std::path::PathBuf>>,
     armed: bool,
 }
 
+fn clear(record: Option<&std::path::Path>) {
+    if let Some(r) = record {
+        crate::ledger::Ledger::clear(r);
+    }
+}
+
 impl StoppedGuard {
-    fn record(&self, container: &str) {
-        if let Some(l) = &self.client.ledger {
-            l.record(container);
-        }
-    }
-
-    fn clear(&self, container: &str) {
-        if let Some(l) = &self.client.ledger {
-            l.clear(container);
-        }
-    }
-
     /// The containers this guard stopped (and will start), in stopping order.
     pub fn stopped(&self) -> &[String] {
         &self.stopped
@@ -247,10 +267,10 @@ impl StoppedGuard {
     pub async fn restore(mut self) -> Result<(), DockerError> {
         self.armed = false;
         let mut first: Option<DockerError> = None;
-        for c in self.stopped.iter().rev() {
+        for (c, record) in self.stopped.iter().zip(&self.records).rev() {
             let started = self.client.start(&[c]).await;
             if started.is_ok() {
-                self.clear(c);
+                clear(record.as_deref());
             }
             if let Err(e) = started {
                 let e = DockerError::failed(
@@ -269,8 +289,8 @@ impl StoppedGuard {
     /// Leave the containers stopped; returns their names.
     pub fn keep_stopped(mut self) -> Vec<String> {
         self.armed = false;
-        for c in &self.stopped {
-            self.clear(c);
+        for r in &self.records {
+            clear(r.as_deref());
         }
         std::mem::take(&mut self.stopped)
     }
@@ -289,14 +309,11 @@ impl Drop for StoppedGuard {
                 );
                 let client = self.client.clone();
                 let stopped = std::mem::take(&mut self.stopped);
+                let records = std::mem::take(&mut self.records);
                 rt.spawn(async move {
-                    for c in stopped.iter().rev() {
+                    for (c, record) in stopped.iter().zip(&records).rev() {
                         match client.start(&[c]).await {
-                            Ok(()) => {
-                                if let Some(l) = &client.ledger {
-                                    l.clear(c);
-                                }
-                            }
+                            Ok(()) => clear(record.as_deref()),
                             Err(e) => tracing::error!("{e}"),
                         }
                     }

@@ -13,15 +13,19 @@ pub(crate) struct Ledger {
     dir: PathBuf,
 }
 
-/// One record: which container, stopped by which process on which host, when.
+/// One record: which container, stopped by which process on which host, when, and for a
+/// restore or not.
 struct Entry {
     container: String,
     host: String,
-    pid: u32,
-    since: String,
+    pid: String,
+    since: jiff::Timestamp,
+    restore: bool,
 }
 
+/// A record's file: one per guard and container, so that guards never clear each other's.
 fn file_name(container: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let safe: String = container
         .chars()
         .map(|c| {
@@ -32,7 +36,11 @@ fn file_name(container: &str) -> String {
             }
         })
         .collect();
-    format!("{safe}.stopped")
+    format!(
+        "{safe}.{}.{}.stopped",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn read_entry(path: &Path) -> Option<Entry> {
@@ -45,8 +53,9 @@ fn read_entry(path: &Path) -> Option<Entry> {
     Some(Entry {
         container: field("container")?,
         host: field("host").unwrap_or_default(),
-        pid: field("pid")?.parse().ok()?,
-        since: field("since").unwrap_or_default(),
+        pid: field("pid")?,
+        since: field("since")?.parse().ok()?,
+        restore: field("purpose").as_deref() == Some("restore"),
     })
 }
 
@@ -56,37 +65,41 @@ impl Ledger {
     }
 
     /// Note that this process is about to stop `container` (written before the stop, so
-    /// that no kill can fall between the two).
-    pub(crate) fn record(&self, container: &str) {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+    /// that no kill can fall between the two), for a restore or not. The record's path is
+    /// the token to [`Ledger::clear`] it with.
+    pub(crate) fn record(&self, container: &str, restore: bool) -> Option<PathBuf> {
+        let since = jiff::Timestamp::now();
         let text = format!(
-            "container={container}\nhost={}\npid={}\nsince={since}\n",
+            "container={container}\nhost={}\npid={}\nsince={since}\npurpose={}\n",
             crate::this_host(),
-            std::process::id()
+            std::process::id(),
+            if restore { "restore" } else { "copy" }
         );
         let path = self.dir.join(file_name(container));
         let tmp = path.with_extension("tmp");
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&tmp, text))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::warn!(
-                container,
-                "cannot record the stop in {}: {e} (if drctl is killed now, start it by hand)",
-                self.dir.display()
-            );
+        match written {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(
+                    container,
+                    "cannot record the stop in {}: {e} (if drctl is killed now, start it by hand)",
+                    self.dir.display()
+                );
+                None
+            }
         }
     }
 
-    /// `container` runs again (or was not running, or stopping it was the point).
-    pub(crate) fn clear(&self, container: &str) {
-        match std::fs::remove_file(self.dir.join(file_name(container))) {
+    /// A record is done with: the container runs again, was not running, or stopping it
+    /// was the point.
+    pub(crate) fn clear(path: &Path) {
+        match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(container, "cannot clear the stop record: {e}"),
+            Err(e) => tracing::warn!("cannot clear the stop record {}: {e}", path.display()),
         }
     }
 }
@@ -100,10 +113,14 @@ impl DockerClient {
     }
 
     /// Start the containers that a drctl process stopped for an operation and could not
-    /// start again because it was killed. Records of live processes on this host are left
-    /// alone. Call it while holding the stack's lock. Returns the containers started; what
-    /// cannot be started is logged with the command to do it by hand.
-    pub async fn start_left_stopped(&self) -> Vec<String> {
+    /// start again because it was killed. Records of live processes on this host (or of
+    /// another host) are left alone, and so are containers started, or created anew, since
+    /// the record: someone else looks after them now. Containers stopped for a restore are
+    /// started only with `restores` (after a run that succeeded: the data is whole again);
+    /// otherwise they are named and left stopped. Call it while holding the stack's lock.
+    /// Returns the containers started; what cannot be started is logged with the command to
+    /// do it by hand.
+    pub async fn start_left_stopped(&self, restores: bool) -> Vec<String> {
         let Some(ledger) = &self.ledger else {
             return Vec::new();
         };
@@ -119,18 +136,16 @@ impl DockerClient {
         {
             let Some(e) = read_entry(&path) else {
                 tracing::warn!("unreadable stop record {}; removed", path.display());
-                let _ = std::fs::remove_file(&path);
+                Ledger::clear(&path);
                 continue;
             };
-            let alive = e.host == host
-                && (e.pid == std::process::id() || Path::new(&format!("/proc/{}", e.pid)).exists());
-            if alive {
+            if e.host.is_empty() || e.host != host || crate::temp::owner_alive(&e.pid) {
                 continue;
             }
-            let running = match self.inspect(&e.container).await {
-                Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            let info = match self.inspect(&e.container).await {
+                Ok(i) => i,
                 Err(err) if err.is_not_found() => {
-                    ledger.clear(&e.container);
+                    Ledger::clear(&path);
                     continue;
                 }
                 Err(err) => {
@@ -138,8 +153,25 @@ impl DockerClient {
                     continue;
                 }
             };
-            if running {
-                ledger.clear(&e.container);
+            let after = |t: Option<&String>| {
+                t.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| t > e.since)
+            };
+            let state = info.state.clone().unwrap_or_default();
+            if state.running.unwrap_or(false)
+                || after(state.started_at.as_ref())
+                || after(info.created.as_ref())
+            {
+                Ledger::clear(&path);
+                continue;
+            }
+            if e.restore && !restores {
+                tracing::warn!(
+                    container = e.container,
+                    "container `{}` was stopped for a restore that a killed drctl did not finish; finishing the restore (`drctl resume`) starts it, or start it by hand: docker start {}",
+                    e.container,
+                    e.container
+                );
                 continue;
             }
             match self.start(&[&e.container]).await {
@@ -147,11 +179,10 @@ impl DockerClient {
                     tracing::warn!(
                         container = e.container,
                         pid = e.pid,
-                        since = e.since,
                         "started container `{}` again: a drctl process stopped it for an operation and was killed before it could start it",
                         e.container
                     );
-                    ledger.clear(&e.container);
+                    Ledger::clear(&path);
                     started.push(e.container);
                 }
                 Err(err) => tracing::warn!(

@@ -110,6 +110,12 @@ impl TempContainer {
         })
     }
 
+    /// Do not remove it when dropped (it must be let run to its end); [`TempContainer::remove`]
+    /// still removes it.
+    pub fn keep_on_drop(&mut self) {
+        self.removed = true;
+    }
+
     pub async fn remove(mut self) -> Result<(), DockerError> {
         self.removed = true;
         remove(&self.client, &self.name).await
@@ -167,7 +173,9 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
         let Some((h, pid)) = owner.rsplit_once(':') else {
             continue;
         };
-        if h != host || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // A running one may be a swap finishing after its drctl died: let it end first.
+        let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+        if h.is_empty() || h != host || running || owner_alive(pid) {
             continue;
         }
         let name = c
@@ -186,6 +194,13 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
             Err(e) => tracing::warn!("{e}"),
         }
     }
+}
+
+/// Whether the process `pid` on this host lives (or cannot be told otherwise).
+pub(crate) fn owner_alive(pid: &str) -> bool {
+    pid == std::process::id().to_string()
+        || !std::path::Path::new("/proc/self").exists()
+        || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Drop for TempContainer {

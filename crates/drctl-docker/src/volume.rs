@@ -219,6 +219,16 @@ fn staging_name() -> String {
     format!(".drctl-staging-{}-{nanos:x}", std::process::id())
 }
 
+/// The swap container by the end of the upload.
+enum Swapper {
+    /// Started, attached, waiting for `go`.
+    Waiting(AttachContainerResults),
+    /// Never ran (no attachment, or its start failed before it ran): nothing to undo.
+    NeverStarted,
+    /// Its start failed, but it may have run: not to be relied on.
+    Unknown(String),
+}
+
 /// A swap container: the swap script waiting for `go` on its stdin, which drctl attaches.
 fn swapper_body(image: &str, volume: &str, staging: &str) -> ContainerCreateBody {
     ContainerCreateBody {
@@ -234,7 +244,8 @@ fn swapper_body(image: &str, volume: &str, staging: &str) -> ContainerCreateBody
 /// Swaps a staged restore in: checks its tools before changing anything (exit 3: try
 /// another image), removes the old contents (stale staging folders of killed runs too),
 /// moves the new ones up (renames, same filesystem), gives the root the archive's owner,
-/// mode and time, removes the staging folder. Running it again after a failure finishes it.
+/// mode and time, removes the staging folder. Not to be run twice on one staging folder:
+/// a second run would remove what the first had moved up.
 fn swap_script(staging: &str, wait_for_go: bool) -> String {
     // Waiting: `go` on stdin swaps; anything else (`abort`, or end of input when drctl
     // died mid-upload) removes the staging folder and exits 5.
@@ -332,7 +343,9 @@ impl DockerClient {
         let action = format!("snapshot volume `{volume}`");
         self.require_volume(volume, &action).await?;
         let users = self.volume_users(volume).await?;
-        let guard = self.stop_users(&users, opts.stop_users, opts.grace).await?;
+        let guard = self
+            .stop_users(&users, opts.stop_users, opts.grace, false)
+            .await?;
         let stopped = guard
             .as_ref()
             .map(|g| g.stopped().to_vec())
@@ -572,7 +585,9 @@ impl DockerClient {
                 ),
             ));
         }
-        let guard = self.stop_users(&users, opts.stop_users, opts.grace).await?;
+        let guard = self
+            .stop_users(&users, opts.stop_users, opts.grace, true)
+            .await?;
         let stopped = guard
             .as_ref()
             .map(|g| g.stopped().to_vec())
@@ -793,131 +808,106 @@ impl DockerClient {
         let under = under_dir(&format!("{VOLUME_MOUNT}/{staging}"));
         let untouched = "the volume's contents were left as they were";
         let start = async {
-            match attached {
-                Some(a) => self
-                    .docker
-                    .start_container(&swapper.name, None)
-                    .await
-                    .map(|()| a)
-                    .map_err(|e| tracing::debug!(volume, "cannot start the swap container: {e}"))
-                    .ok(),
-                None => None,
+            let Some(a) = attached else {
+                return Swapper::NeverStarted;
+            };
+            match self.docker.start_container(&swapper.name, None).await {
+                Ok(()) => Swapper::Waiting(a),
+                // A failed start may still have started it (a timeout): it then read the end
+                // of its input and removes the staging folder, so it must not be relied on.
+                Err(e) => match self.ever_started(&swapper.name).await {
+                    Some(false) => {
+                        tracing::debug!(volume, "cannot start the swap container: {e}");
+                        Swapper::NeverStarted
+                    }
+                    _ => Swapper::Unknown(crate::api_reason(&e)),
+                },
             }
         };
         let (started, uploaded) = tokio::join!(
             start,
             self.upload(volume, &uploader.name, opts, first, input, under, untouched)
         );
-        let (_, swapped) = tokio::join!(uploader.remove(), async {
-            match (&uploaded, started) {
-                (Ok(_), Some(a)) => self.signal_swapper(&swapper.name, a, true).await,
-                (Err(_), Some(a)) => {
-                    // The script removes the staging folder itself (exit 5), unless it
-                    // never got that far.
-                    match self.signal_swapper(&swapper.name, a, false).await {
+        let _ = uploader.remove().await;
+        let failed =
+            |reason: String| DockerError::failed(format!("restore volume `{volume}`"), reason);
+        let stuck = |e: String| {
+            failed(format!(
+                "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
+            ))
+        };
+        let (bytes, entries, file_bytes) = match uploaded {
+            Ok(m) => m,
+            Err(e) => {
+                match started {
+                    // The script removes the staging folder itself (exit 5).
+                    Swapper::Waiting(a) => match self.signal_swapper(&swapper.name, a, false).await
+                    {
                         Ok((5, _)) => {}
                         r => {
                             tracing::debug!(volume, "swap container after a failed upload: {r:?}");
-                            self.remove_staging(volume, image, &staging).await;
+                            self.remove_staging(volume, images, &staging).await;
                         }
+                    },
+                    Swapper::NeverStarted | Swapper::Unknown(_) => {
+                        self.remove_staging(volume, images, &staging).await
                     }
-                    Ok((0, String::new()))
                 }
-                (Ok(_), None) => Ok((-1, String::new())),
-                (Err(_), None) => {
-                    self.remove_staging(volume, image, &staging).await;
-                    Ok((0, String::new()))
-                }
+                let _ = swapper.remove().await;
+                return Err(e);
             }
-        });
-        if let Err(r) = swapper.remove().await {
-            tracing::warn!("{r}");
-        }
-        let (bytes, entries, file_bytes) = uploaded?;
-        let stuck = |e: DockerError| {
-            DockerError::failed(
-                format!("restore volume `{volume}`"),
-                format!(
-                    "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
-                ),
-            )
         };
         let mut swapped_by = image;
-        match swapped.map_err(stuck)? {
-            (0, _) => {}
-            // The swapper never ran, or its image lacks a tool the swap needs (exit 3,
-            // before anything changed): a one-off swap container from another image.
-            (code @ (-1 | 3), text) => {
-                tracing::debug!(volume, code, "swapping with a one-off container instead");
-                let script = swap_script(&staging, false);
-                let mut done = None;
-                let mut why = Vec::new();
-                if code == 3 {
-                    why.push(format!("{}: {}", short_image(image), text.trim()));
-                }
-                for other in images.iter().filter(|o| code == -1 || *o != image) {
-                    let what = format!(
-                        "swap in the restored contents of volume `{volume}` with image `{}`",
-                        short_image(other)
-                    );
-                    let t = match TempContainer::create(
-                        self,
-                        "swap",
-                        volume_body(other, volume, Some(&script)),
-                    )
-                    .await
-                    {
-                        Ok(t) => t,
-                        Err(e) => {
-                            why.push(e.short());
-                            continue;
-                        }
-                    };
-                    let r = self.run_for_code(&t.name, &what).await;
-                    let _ = t.remove().await;
-                    match r {
-                        Ok((0, _)) => {
-                            done = Some(other);
-                            break;
-                        }
-                        // Missing tools, found before anything changed: try the next.
-                        Ok((3, text)) => {
-                            why.push(format!("{}: {}", short_image(other), text.trim()))
-                        }
-                        Ok((code, text)) => {
-                            return Err(stuck(DockerError::failed(
-                                what,
-                                format!("exit code {code}: {}", text.trim()),
-                            )))
-                        }
-                        Err(e) => why.push(e.short()),
+        match started {
+            Swapper::Waiting(a) => {
+                // From `go` on, the swap must run to its end: a cancelled restore (Ctrl-C,
+                // a step timeout) leaves the container to finish instead of killing it
+                // half-way; a later restore sweeps it away.
+                let mut swapper = swapper;
+                swapper.keep_on_drop();
+                let signalled = self.signal_swapper(&swapper.name, a, true).await;
+                let code = match signalled {
+                    Ok((0, _)) => None,
+                    Ok((3, text)) => Some(format!("{}: {}", short_image(image), text.trim())),
+                    // Nothing was changed: the staged contents are missing (4), or the input
+                    // ended before `go` arrived (5: the attach connection broke).
+                    Ok((c @ (4 | 5), text)) => {
+                        let _ = swapper.remove().await;
+                        self.remove_staging(volume, images, &staging).await;
+                        return Err(failed(format!(
+                            "the swap container did not swap (exit code {c}: {}); the volume's contents were left as they were; run the restore again",
+                            text.trim()
+                        )));
                     }
-                }
-                match done {
-                    Some(other) => swapped_by = other,
-                    None => {
-                        // Nothing was swapped: the old contents are as they were. Without
-                        // the staging folder the volume is exactly as before, and the
-                        // caller may restore in place instead (emptying needs only `rm`).
-                        self.remove_staging(volume, image, &staging).await;
-                        return Err(DockerError::CannotStage {
-                            volume: volume.to_string(),
-                            reason: format!(
-                                "no image has the tools to swap the new contents in ({})",
-                                tried_list(&why)
-                            ),
-                        });
+                    Ok((c, text)) => {
+                        return Err(stuck(format!(
+                            "swapping with image `{}` failed (exit code {c}: {})",
+                            short_image(image),
+                            text.trim()
+                        )))
                     }
+                    // The daemon could not say how the swap ended: it may be half done.
+                    Err(e) => return Err(stuck(e.to_string())),
+                };
+                let _ = swapper.remove().await;
+                if let Some(why) = code {
+                    swapped_by = self
+                        .swap_one_off(volume, images, Some(image), &staging, why)
+                        .await?;
                 }
             }
-            (code, text) => {
-                return Err(stuck(DockerError::failed(
-                    format!(
-                        "swap in the restored contents of volume `{volume}` with image `{}`",
-                        short_image(image)
-                    ),
-                    format!("exit code {code}: {}", text.trim()),
-                )))
+            Swapper::NeverStarted => {
+                let _ = swapper.remove().await;
+                swapped_by = self
+                    .swap_one_off(volume, images, None, &staging, String::new())
+                    .await?;
+            }
+            Swapper::Unknown(e) => {
+                let _ = swapper.remove().await;
+                self.remove_staging(volume, images, &staging).await;
+                return Err(failed(format!(
+                    "the swap container could not be started as planned ({e}); the volume's contents were left as they were; run the restore again"
+                )));
             }
         }
         Ok(Moved {
@@ -931,6 +921,96 @@ impl DockerClient {
             path: "api",
             refused,
         })
+    }
+
+    /// Swap staged contents in with one-off containers (the swap script without waiting),
+    /// trying each image but `skip` (whose swap container lacked a tool) until one has the
+    /// tools. None has: the staging folder goes and [`DockerError::CannotStage`] tells the
+    /// caller to restore in place (nothing was changed). A swap that started and failed, or
+    /// whose end the daemon cannot tell, is an error that says the volume may be partial.
+    async fn swap_one_off<'a>(
+        &self,
+        volume: &str,
+        images: &'a [String],
+        skip: Option<&String>,
+        staging: &str,
+        first_why: String,
+    ) -> Result<&'a String, DockerError> {
+        tracing::debug!(volume, "swapping with a one-off container");
+        let stuck = |e: String| {
+            DockerError::failed(
+                format!("restore volume `{volume}`"),
+                format!(
+                    "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
+                ),
+            )
+        };
+        let script = swap_script(staging, false);
+        let mut why: Vec<String> = Some(first_why)
+            .filter(|w| !w.is_empty())
+            .into_iter()
+            .collect();
+        for other in images.iter().filter(|o| Some(*o) != skip) {
+            let what = format!(
+                "swap in the restored contents of volume `{volume}` with image `{}`",
+                short_image(other)
+            );
+            let t = match TempContainer::create(
+                self,
+                "swap",
+                volume_body(other, volume, Some(&script)),
+            )
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    why.push(e.short());
+                    continue;
+                }
+            };
+            if let Err(e) = self.docker.start_container(&t.name, None).await {
+                let ran = self.ever_started(&t.name).await;
+                let _ = t.remove().await;
+                if ran == Some(false) {
+                    why.push(format!("{}: {}", short_image(other), crate::api_reason(&e)));
+                    continue;
+                }
+                return Err(stuck(format!("{what}: {}", crate::api_reason(&e))));
+            }
+            let code = self.exit_code(&t.name, &what).await;
+            let text = match &code {
+                Ok(0) | Err(_) => String::new(),
+                Ok(_) => self.last_output(&t.name).await,
+            };
+            let _ = t.remove().await;
+            match code {
+                Ok(0) => return Ok(other),
+                // Missing tools, found before anything changed: try the next.
+                Ok(3) => why.push(format!("{}: {}", short_image(other), text.trim())),
+                Ok(c) => return Err(stuck(format!("{what}: exit code {c}: {}", text.trim()))),
+                Err(e) => return Err(stuck(e.to_string())),
+            }
+        }
+        // Nothing was swapped: without the staging folder the volume is exactly as before,
+        // and the caller may restore in place instead (emptying needs only `rm`).
+        self.remove_staging(volume, images, staging).await;
+        Err(DockerError::CannotStage {
+            volume: volume.to_string(),
+            reason: format!(
+                "no image has the tools to swap the new contents in ({})",
+                tried_list(&why)
+            ),
+        })
+    }
+
+    /// Whether a container ever started (None: it cannot be told).
+    async fn ever_started(&self, name: &str) -> Option<bool> {
+        let i = self.inspect(name).await.ok()?;
+        let state = i.state?;
+        Some(!matches!(
+            state.status,
+            Some(bollard::models::ContainerStateStatusEnum::CREATED) | None
+        ))
     }
 
     /// Tell a waiting swap container to swap (`go`) or to drop the staging folder, and wait
@@ -974,22 +1054,35 @@ impl DockerClient {
 
     /// Remove a staging folder after a failed upload (best effort: the next restore's swap
     /// removes stale ones too).
-    async fn remove_staging(&self, volume: &str, image: &str, staging: &str) {
+    async fn remove_staging(&self, volume: &str, images: &[String], staging: &str) {
         let script = format!("rm -rf -- '{VOLUME_MOUNT}/{staging}'");
-        let r = async {
-            let t =
-                TempContainer::create(self, "cleanup", volume_body(image, volume, Some(&script)))
-                    .await?;
-            let r = self
-                .run_to_end(&t.name, volume, image, "clean up the staging folder of")
-                .await;
-            let _ = t.remove().await;
-            r
+        let mut why = Vec::new();
+        for image in images {
+            let r = async {
+                let t = TempContainer::create(
+                    self,
+                    "cleanup",
+                    volume_body(image, volume, Some(&script)),
+                )
+                .await?;
+                let r = self
+                    .run_to_end(&t.name, volume, image, "clean up the staging folder of")
+                    .await;
+                let _ = t.remove().await;
+                r
+            }
+            .await;
+            match r {
+                Ok(()) => return,
+                Err(e) => why.push(e.to_string()),
+            }
         }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(volume, staging, "cannot remove the staging folder: {e}");
-        }
+        tracing::warn!(
+            volume,
+            staging,
+            "cannot remove the staging folder ({}); the next restore of the volume removes it",
+            tried_list(&why)
+        );
     }
 
     /// A temporary container that has emptied the volume (and is stopped, ready to
@@ -1044,6 +1137,11 @@ impl DockerClient {
         if code == 0 {
             return Ok((0, String::new()));
         }
+        Ok((code, self.last_output(name).await))
+    }
+
+    /// The last lines a container wrote (stdout and stderr).
+    async fn last_output(&self, name: &str) -> String {
         let mut logs = self.docker.logs(
             name,
             Some(
@@ -1058,10 +1156,11 @@ impl DockerClient {
         while let Some(Ok(l)) = logs.next().await {
             text.push_str(&l.to_string());
         }
-        Ok((code, text))
+        text
     }
 
-    /// Wait for a started container to stop: its exit code.
+    /// Wait for a started container to stop: its exit code. The daemon not saying is an
+    /// error: the caller cannot know what the container did.
     async fn exit_code(&self, name: &str, what: &str) -> Result<i64, DockerError> {
         let mut wait = self.docker.wait_container(
             name,
@@ -1071,12 +1170,15 @@ impl DockerClient {
                     .build(),
             ),
         );
-        Ok(match wait.next().await {
-            Some(Ok(r)) => r.status_code,
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(self.api_err(what)(e)),
-            None => -1,
-        })
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.api_err(what)(e)),
+            None => Err(DockerError::failed(
+                what,
+                "the daemon did not report how the container ended",
+            )),
+        }
     }
 
     /// Feed the archive, renamed by `under` (into the mount point, or a staging folder in
@@ -1183,6 +1285,7 @@ impl DockerClient {
         users: &[VolumeUser],
         stop: bool,
         grace: Duration,
+        restore: bool,
     ) -> Result<Option<StoppedGuard>, DockerError> {
         if !stop {
             return Ok(None);
@@ -1192,7 +1295,11 @@ impl DockerClient {
             .filter(|u| u.running)
             .map(|u| u.name.as_str())
             .collect();
-        Ok(Some(self.stop_guarded(&running, grace).await?))
+        Ok(Some(if restore {
+            self.stop_guarded_for_restore(&running, grace).await?
+        } else {
+            self.stop_guarded(&running, grace).await?
+        }))
     }
 
     /// Whether a container mounts only a sub-path of the volume (API 1.45+ `Subpath`).

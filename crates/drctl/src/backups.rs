@@ -43,7 +43,7 @@ pub async fn backup(config: Option<&Path>, tags: Vec<String>, json: bool) -> Res
     docker
         .daemon_info(std::time::Duration::from_secs(5))
         .await?;
-    docker.start_left_stopped().await;
+    docker.start_left_stopped(false).await;
     let data = Data {
         docker: &docker,
         repo: &repo,

@@ -425,25 +425,25 @@ pub async fn run(config: Option<&Path>, runbook: &str, args: RehearseArgs) -> Re
     // Tear the copy down: its containers, volumes and networks, and the sets it took.
     let mut teardown = Map::new();
     if !args.keep {
-        let client = DockerClient::connect()?;
-        let cli = ComposeCli::detect()
-            .await
-            .map_err(|e| CliError::Unavailable(e.to_string()))?;
         let project = ComposeProject {
             name: scratch_project.clone(),
             dir: scratch.stack.project_dir.clone().unwrap_or_default(),
             files: files.clone(),
             ..Default::default()
         };
-        let down = client
-            .compose_down(&cli, &project, &compose, &[], true)
-            .await;
+        // A teardown failure is reported beside the run's outcome, never instead of it.
+        let down = async {
+            let client = DockerClient::connect().map_err(|e| e.to_string())?;
+            let cli = ComposeCli::detect().await.map_err(|e| e.to_string())?;
+            client
+                .compose_down(&cli, &project, &compose, &[], true)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
         teardown.insert(
             "down".into(),
-            json!(down
-                .as_ref()
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.to_string())),
+            json!(down.map(|_| "ok".to_string()).unwrap_or_else(|e| e)),
         );
         if let Ok(repo) = drctl_repo::Repository::open(&live, &process_env) {
             if let Ok(sets) = repo.list().await {

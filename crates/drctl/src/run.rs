@@ -276,6 +276,16 @@ pub(crate) async fn execute_with(
     )
     .await?;
     let report = report?;
+    if outcome.status == RunStatus::Succeeded {
+        // The data is whole again: what a killed restore of this stack left stopped may
+        // run now (the restore run again did not stop it, so it would not start it).
+        if let Ok(docker) = drctl_docker::DockerClient::connect() {
+            docker
+                .with_stop_ledger(crate::runner::stop_ledger(cfg))
+                .start_left_stopped(true)
+                .await;
+        }
+    }
     let on = if outcome.status == RunStatus::Succeeded {
         NotifyOn::Success
     } else {

@@ -53,7 +53,7 @@ impl Runner {
         // Callers hold the stack's lock: whatever a killed drctl left stopped for an
         // operation on this stack is started again first.
         let docker = DockerClient::connect()?.with_stop_ledger(stop_ledger(&config));
-        docker.start_left_stopped().await;
+        docker.start_left_stopped(false).await;
         // A broken repository fails only the steps that need it.
         let repo = drctl_repo::Repository::open(&config, &drctl_core::source::process_env)
             .map_err(|e| e.to_string());

@@ -1189,7 +1189,7 @@ async fn schedule(config: Option<&Path>, args: ScheduleArgs) -> Result<(), CliEr
     if let Ok(docker) = drctl_docker::DockerClient::connect() {
         docker
             .with_stop_ledger(crate::runner::stop_ledger(&cfg))
-            .start_left_stopped()
+            .start_left_stopped(false)
             .await;
     }
 

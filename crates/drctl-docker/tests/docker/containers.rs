@@ -188,25 +188,43 @@ async fn stopped_containers_come_back_on_failure_and_on_drop() {
         .unwrap();
     std::mem::forget(guard);
     assert!(
-        client.start_left_stopped().await.is_empty(),
+        client.start_left_stopped(false).await.is_empty(),
         "its owner (this process) lives"
     );
     assert_eq!(state(&a), "exited");
-    let record = std::fs::read_dir(ledger.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    // As if its process had died: the record names one that has exited.
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
     dead.wait().unwrap();
-    let text = std::fs::read_to_string(&record).unwrap().replace(
-        &format!("pid={}", std::process::id()),
-        &format!("pid={dead_pid}"),
-    );
-    std::fs::write(&record, text).unwrap();
-    assert_eq!(client.start_left_stopped().await, vec![a.clone()]);
+    let orphan = || {
+        let record = std::fs::read_dir(ledger.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let text = std::fs::read_to_string(&record).unwrap().replace(
+            &format!("pid={}", std::process::id()),
+            &format!("pid={dead_pid}"),
+        );
+        std::fs::write(&record, text).unwrap();
+    };
+    orphan();
+    assert_eq!(client.start_left_stopped(false).await, vec![a.clone()]);
+    assert_eq!(state(&a), "running");
+    assert_eq!(records(), 0);
+
+    // Stopped for a restore that a killed drctl did not finish: named but left stopped,
+    // until a run succeeded (`restores`).
+    let guard = client
+        .stop_guarded_for_restore(&[&a], Duration::from_secs(10))
+        .await
+        .unwrap();
+    std::mem::forget(guard);
+    orphan();
+    assert!(client.start_left_stopped(false).await.is_empty());
+    assert_eq!(state(&a), "exited");
+    assert_eq!(client.start_left_stopped(true).await, vec![a.clone()]);
     assert_eq!(state(&a), "running");
     assert_eq!(records(), 0);
 }
