@@ -173,11 +173,21 @@ pub struct DockerClient {
     ledger: Option<std::sync::Arc<ledger::Ledger>>,
 }
 
-/// This machine's name (for records that say which drctl process made them).
+/// Where this process's pid means something: the machine's name and the pid namespace
+/// (`host/pid:[4026531836]`), for records that say which drctl process made them. Another
+/// namespace under the same name (drctl in a container on the host network) is another
+/// place, so a live drctl there is never taken for a dead one here. Empty when unknown.
 pub(crate) fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if name.is_empty() || ns.is_empty() {
+        return String::new();
+    }
+    format!("{name}/{ns}")
 }
 
 /// Where the client connects: `DOCKER_HOST`, or the default socket.
