@@ -388,3 +388,40 @@ fn leftover_ages_parse_both_docker_time_formats() {
     assert!(!older_than(&now, Duration::from_secs(600)));
     assert!(!older_than("garbage", day), "unparsable: keep it");
 }
+
+/// A script (for [`sh_in_volume`]) that fills a volume with what archives get wrong:
+/// owners 999 and 1000, modes 0600 / setuid / setgid, symlinks (relative, absolute,
+/// dangling), a hard link, a fifo, empty directories, a path longer than a ustar header
+/// holds, odd names, random data, and, with `sparse_mib`, a sparse file of that many MiB
+/// with data at its start, middle and end (two holes). The root is 999:999 0750.
+pub fn populate(sparse_mib: Option<u64>) -> String {
+    let mut s = String::from(
+        r#"set -e; cd /v
+mkdir -p empty/nested-empty a/b/c setgid
+chmod 2775 setgid; chown 999:999 setgid
+echo secret > a/secret; chmod 0600 a/secret; chown 999:999 a/secret
+touch -d '2020-01-02 03:04:05' a/secret
+printf '#!/bin/sh\necho hi\n' > a/b/run.sh; chmod 4755 a/b/run.sh; chown 1000:1000 a/b/run.sh
+echo in-setgid > setgid/f; chown 1000:999 setgid/f
+ln -s ../secret a/b/rel-link
+ln -s /nowhere/at/all dangling
+ln -s a/b/c dir-link
+ln a/secret hardlink
+mkfifo a/fifo
+p="deep/$(printf 'x%.0s' $(seq 1 120))/$(printf 'y%.0s' $(seq 1 90))"; mkdir -p "$p"; echo deep > "$p/file"
+echo spaces > "name with spaces"; echo u > "ünïcödé"; echo dot > .hidden
+dd if=/dev/urandom of=random.bin bs=1M count=3 2>/dev/null
+"#,
+    );
+    if let Some(mib) = sparse_mib {
+        s.push_str(&format!(
+            r#"printf start > sparse.img
+truncate -s {mib}M sparse.img
+printf middle | dd of=sparse.img bs=1 seek=$(({mib} * 524288)) conv=notrunc 2>/dev/null
+printf end | dd of=sparse.img bs=1 seek=$(({mib} * 1048576 - 3)) conv=notrunc 2>/dev/null
+"#
+        ));
+    }
+    s.push_str("touch -d '2021-05-06 07:08:09' a/b\nchown 999:999 /v; chmod 0750 /v\n");
+    s
+}

@@ -6,41 +6,10 @@ use std::time::{Duration, Instant};
 use drctl_docker::{DockerClient, RestoreOptions, SnapshotOptions};
 
 use crate::common::{
-    docker, in_volume_ro, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE,
-    TEST_LABEL,
+    docker, in_volume_ro, name, populate, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE,
+    IDLE, TEST_LABEL,
 };
 use crate::lab;
-
-/// Owners, modes (setgid), symlinks (relative, absolute, dangling), a hard link, a fifo,
-/// empty directories, a path longer than a ustar header holds, odd names, random data,
-/// and a sparse file of `sparse_mib` MiB with data at its start, middle and end (so it has
-/// two holes). The root is 999:999 0750.
-fn populate(sparse_mib: u64) -> String {
-    format!(
-        r#"set -e; cd /v
-mkdir -p empty/nested-empty a/b/c setgid
-chmod 2775 setgid; chown 999:999 setgid
-echo secret > a/secret; chmod 0600 a/secret; chown 999:999 a/secret
-touch -d '2020-01-02 03:04:05' a/secret
-printf '#!/bin/sh\necho hi\n' > a/b/run.sh; chmod 4755 a/b/run.sh; chown 1000:1000 a/b/run.sh
-echo in-setgid > setgid/f; chown 1000:999 setgid/f
-ln -s ../secret a/b/rel-link
-ln -s /nowhere/at/all dangling
-ln -s a/b/c dir-link
-ln a/secret hardlink
-mkfifo a/fifo
-p="deep/$(printf 'x%.0s' $(seq 1 120))/$(printf 'y%.0s' $(seq 1 90))"; mkdir -p "$p"; echo deep > "$p/file"
-echo spaces > "name with spaces"; echo u > "ünïcödé"; echo dot > .hidden
-dd if=/dev/urandom of=random.bin bs=1M count=3 2>/dev/null
-printf start > sparse.img
-truncate -s {sparse_mib}M sparse.img
-printf middle | dd of=sparse.img bs=1 seek=$(({sparse_mib} * 524288)) conv=notrunc 2>/dev/null
-printf end | dd of=sparse.img bs=1 seek=$(({sparse_mib} * 1048576 - 3)) conv=notrunc 2>/dev/null
-touch -d '2021-05-06 07:08:09' a/b
-chown 999:999 /v; chmod 0750 /v
-"#
-    )
-}
 
 /// Blocks allocated to a file of a volume (as `stat` counts them) and its size.
 fn allocation(volume: &str, file: &str) -> (u64, u64) {
@@ -146,7 +115,7 @@ async fn host_path_round_trips_and_crosses_with_the_api_path() {
         BASE_IMAGE,
         "sh",
         "-c",
-        &populate(256),
+        &populate(Some(256)),
     ]);
     // An extended attribute, set from the host (the image has no setfattr).
     let secret = std::path::Path::new(&mountpoint(&src)).join("a/secret");
@@ -213,7 +182,7 @@ async fn host_path_streams_fingerprint_like_the_api_and_guard_users() {
     let client = lab!("hostpath");
     let cl = Cleanup::default();
     let vol = cl.create_volume(&name("hp-fp"), &[]);
-    sh_in_volume(&vol, &populate(8));
+    sh_in_volume(&vol, &populate(Some(8)));
     let (want, _) = tree_checksum(&vol);
     let (fast, _) = opts(true);
     let (slow, _) = opts(false);

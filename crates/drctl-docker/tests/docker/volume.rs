@@ -6,45 +6,10 @@ use drctl_docker::{RestoreOptions, SnapshotOptions, VolumeSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::common::{
-    docker, in_volume_ro, name, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE, IDLE,
-    TEST_LABEL,
+    docker, in_volume_ro, name, populate, sh_in_volume, state, tree_checksum, Cleanup, BASE_IMAGE,
+    IDLE, TEST_LABEL,
 };
 use crate::lab;
-
-/// Owners 999 and 1000, modes 0600 / 0755 / setgid, symlinks (relative, absolute,
-/// dangling), a hard link, a fifo, empty directories, a path longer than a ustar header
-/// holds, odd names, and (with `big`) a 1 GiB sparse file with data in the middle and at
-/// the end. The root itself is 999:999 0750.
-fn populate(big: bool) -> String {
-    let mut s = String::from(
-        r#"set -e; cd /v
-mkdir -p empty/nested-empty a/b/c setgid
-chmod 2775 setgid; chown 999:999 setgid
-echo secret > a/secret; chmod 0600 a/secret; chown 999:999 a/secret
-touch -d '2020-01-02 03:04:05' a/secret
-printf '#!/bin/sh\necho hi\n' > a/b/run.sh; chmod 0755 a/b/run.sh; chown 1000:1000 a/b/run.sh
-echo in-setgid > setgid/f; chown 1000:999 setgid/f
-ln -s ../secret a/b/rel-link
-ln -s /nowhere/at/all dangling
-ln -s a/b/c dir-link
-ln a/secret hardlink
-mkfifo a/fifo
-p="deep/$(printf 'x%.0s' $(seq 1 120))/$(printf 'y%.0s' $(seq 1 90))"; mkdir -p "$p"; echo deep > "$p/file"
-echo spaces > "name with spaces"; echo u > "ünïcödé"; echo dot > .hidden
-dd if=/dev/urandom of=random.bin bs=1M count=3 2>/dev/null
-"#,
-    );
-    if big {
-        s.push_str(
-            r#"truncate -s 1G sparse.img
-printf middle | dd of=sparse.img bs=1 seek=536870912 conv=notrunc 2>/dev/null
-printf end | dd of=sparse.img bs=1 seek=1073741821 conv=notrunc 2>/dev/null
-"#,
-        );
-    }
-    s.push_str("chown 999:999 /v; chmod 0750 /v\n");
-    s
-}
 
 fn allocated(volume: &str, file: &str) -> String {
     in_volume_ro(
@@ -78,7 +43,7 @@ async fn round_trip_1gib_with_owners_modes_links_and_a_sparse_file() {
         BASE_IMAGE,
         "sh",
         "-c",
-        &populate(true),
+        &populate(Some(1024)),
     ]);
     let junk = cl.container(&name("vol-junk"));
     docker(&["run", "--name", &junk, "--label", TEST_LABEL, "-v", &format!("{dst}:/data"), BASE_IMAGE, "sh", "-c",
@@ -150,7 +115,7 @@ async fn volume_without_users_and_users_stopped_for_the_copy() {
     let client = lab!("volume");
     let cl = Cleanup::default();
     let vol = cl.create_volume(&name("vol-lone"), &["com.docker.compose.volume=lone"]);
-    sh_in_volume(&vol, &populate(false));
+    sh_in_volume(&vol, &populate(None));
     let (want, _) = tree_checksum(&vol);
 
     // No container mounts it: a temporary never-started one is made, and removed.
