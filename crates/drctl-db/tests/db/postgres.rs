@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use drctl_core::config::PostgresTarget;
 use drctl_db::{DbError, PgDumpOptions, PgRestoreOptions, Postgres};
+use drctl_docker::DockerClient;
 
 use crate::common::{docker, docker_stdin, env_var, poll, temp_file, Cleanup, PG_IMAGE};
 use crate::lab;
@@ -75,20 +76,32 @@ async fn start_pg(clean: &Cleanup, what: &str, password: &str) -> String {
     )
 }
 
+/// A PostgreSQL container (cleaned up), its adapter with the password in `var`, ready.
+async fn ready_pg(
+    docker_client: &DockerClient,
+    clean: &Cleanup,
+    what: &str,
+    var: &str,
+    password: &str,
+) -> (String, Postgres) {
+    let c = start_pg(clean, what, password).await;
+    let pg = Postgres::new(
+        docker_client.clone(),
+        &c,
+        &target(Some(env_var(var, password))),
+    )
+    .unwrap();
+    pg.wait_ready(None, poll(90)).await.unwrap();
+    (c, pg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_backup_drop_restore_roundtrip() {
     let docker_client = lab!("postgres roundtrip", PG_IMAGE);
     let t0 = Instant::now();
     let clean = Cleanup::default();
     let password = "pg-roundtrip-secret";
-    let c = start_pg(&clean, "pg", password).await;
-    let pg = Postgres::new(
-        docker_client.clone(),
-        &c,
-        &target(Some(env_var("pg_rt", password))),
-    )
-    .unwrap();
-    pg.wait_ready(None, poll(90)).await.unwrap();
+    let (c, pg) = ready_pg(&docker_client, &clean, "pg", "pg_rt", password).await;
     docker_stdin(
         &[
             "exec",
@@ -299,14 +312,7 @@ async fn postgres_unhappy_paths() {
     let t0 = Instant::now();
     let clean = Cleanup::default();
     let password = "pg-unhappy-secret";
-    let c = start_pg(&clean, "pg-bad", password).await;
-    let pg = Postgres::new(
-        docker_client.clone(),
-        &c,
-        &target(Some(env_var("pg_ok", password))),
-    )
-    .unwrap();
-    pg.wait_ready(None, poll(90)).await.unwrap();
+    let (c, pg) = ready_pg(&docker_client, &clean, "pg-bad", "pg_ok", password).await;
     psql(&c, "postgres", "CREATE DATABASE shop");
     psql(&c, "shop", "CREATE TABLE orders AS SELECT i AS id, md5(i::text) AS ref, repeat('x', 200) AS note FROM generate_series(1, 30000) i");
 
