@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{need_docker, root, run, Stack};
+use common::{need_docker, run, shipped_stack, Stack};
 
 fn live_state(st: &Stack) -> Vec<String> {
     let ids: Vec<String> = ["app", "postgres", "redis"]
@@ -53,20 +53,7 @@ fn rehearsals_leave_the_live_stack_untouched() {
     if !need_docker("rehearsals_leave_the_live_stack_untouched") {
         return;
     }
-    let mut st = Stack::new("rehearse");
-    st.env
-        .push(("DRCTL_LAB_PG_PASSWORD".into(), "drctl-lab".into()));
-    let cfg = std::fs::read_to_string(st.config()).unwrap();
-    std::fs::write(
-        st.config(),
-        format!(
-            "{cfg}runbooks_dir: {}\ntargets:\n  sessions: {{ type: volume, volume: app-sessions, stop: [app] }}\n  postgres: {{ type: postgres, service: postgres, password_env: DRCTL_LAB_PG_PASSWORD }}\n  redis: {{ type: redis, service: redis }}\n",
-            root().join("runbooks").display()
-        ),
-    )
-    .unwrap();
-    let up = st.runbook("up", "version: 1\ndefaults: { timeout: 3m }\nsteps:\n  - { id: up, kind: up, services: [app, postgres, redis] }\n  - { id: app, kind: health, check: { type: docker, service: app } }\n");
-    assert_eq!(run(st.drctl(&["run", &up])).code, 0);
+    let st = shipped_stack("rehearse");
     let pg = st.container_id("postgres");
     let seed = Command::new("docker").args(["exec", &pg, "psql", "-U", "postgres", "-d", "app", "-c", "create table t(id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g"]).output().unwrap();
     assert!(seed.status.success());

@@ -5,25 +5,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{need_docker, root, run, skipped, Stack};
+use common::{need_docker, run, shipped_stack, skipped, Stack};
 
 /// A private stack with the shipped targets and runbooks, up and seeded.
 fn seeded(name: &str) -> Stack {
-    let mut st = Stack::new(name);
-    st.env
-        .push(("DRCTL_LAB_PG_PASSWORD".into(), "drctl-lab".into()));
-    let cfg = std::fs::read_to_string(st.config()).unwrap();
-    std::fs::write(
-        st.config(),
-        format!(
-            "{cfg}runbooks_dir: {}\ntargets:\n  sessions: {{ type: volume, volume: app-sessions, stop: [app] }}\n  postgres: {{ type: postgres, service: postgres, password_env: DRCTL_LAB_PG_PASSWORD }}\n  redis: {{ type: redis, service: redis }}\n",
-            root().join("runbooks").display()
-        ),
-    )
-    .unwrap();
-    let up = st.runbook("up", "version: 1\ndefaults: { timeout: 3m }\nsteps:\n  - { id: up, kind: up, services: [app, postgres, redis] }\n  - { id: app, kind: health, check: { type: docker, service: app } }\n");
-    let out = run(st.drctl(&["run", &up]));
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let st = shipped_stack(name);
     psql(&st, "create table items(id int primary key, body text, blob bytea); insert into items select g, repeat(md5(g::text), 20), decode(md5(g::text), 'hex') from generate_series(1, 20000) g;");
     redis(&st, &["sh", "-c", "for i in $(seq 1 200); do echo \"SET key:$i value-$i\"; echo \"HSET h:$i f $i\"; done | redis-cli > /dev/null"]);
     exec(

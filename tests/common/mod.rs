@@ -223,6 +223,27 @@ impl Drop for Stack {
     }
 }
 
+/// A private stack with the shipped runbooks and the lab's three targets (sessions volume,
+/// PostgreSQL, Redis), brought up and healthy.
+pub fn shipped_stack(name: &str) -> Stack {
+    let mut st = Stack::new(name);
+    st.env
+        .push(("DRCTL_LAB_PG_PASSWORD".into(), "drctl-lab".into()));
+    let cfg = std::fs::read_to_string(st.config()).unwrap();
+    std::fs::write(
+        st.config(),
+        format!(
+            "{cfg}runbooks_dir: {}\ntargets:\n  sessions: {{ type: volume, volume: app-sessions, stop: [app] }}\n  postgres: {{ type: postgres, service: postgres, password_env: DRCTL_LAB_PG_PASSWORD }}\n  redis: {{ type: redis, service: redis }}\n",
+            root().join("runbooks").display()
+        ),
+    )
+    .unwrap();
+    let up = st.runbook("up", "version: 1\ndefaults: { timeout: 3m }\nsteps:\n  - { id: up, kind: up, services: [app, postgres, redis] }\n  - { id: app, kind: health, check: { type: docker, service: app } }\n");
+    let out = run(st.drctl(&["run", &up]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    st
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped, so that a failing test does
 /// not leave it running.
 pub struct KillOnDrop(pub std::process::Child);
