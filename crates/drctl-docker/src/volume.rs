@@ -405,32 +405,22 @@ impl DockerClient {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         action: &str,
     ) -> Result<Moved, DockerError> {
-        let mut refused = None;
-        if opts.fast_path {
-            match crate::hostpath::host_dir(self, volume).await {
-                Ok(dir) => {
-                    tracing::debug!(volume, dir = %dir.display(), "reading volume on the host");
-                    let via = format!("host:{}", dir.display());
-                    let c = crate::hostpath::snapshot(dir, volume, out).await?;
-                    warn_staging_skipped(volume, c.staging_skipped);
-                    return Ok(Moved {
-                        bytes: c.bytes,
-                        entries: c.entries,
-                        file_bytes: c.file_bytes,
-                        via,
-                        path: "host",
-                        refused: None,
-                    });
-                }
-                Err(why) => {
-                    tracing::info!(
-                        volume,
-                        "host path not used: {why}; reading through the archive API"
-                    );
-                    refused = Some(why);
-                }
+        let refused = match self.host_dir_if(volume, opts.fast_path, "reading").await {
+            Ok(dir) => {
+                let via = format!("host:{}", dir.display());
+                let c = crate::hostpath::snapshot(dir, volume, out).await?;
+                warn_staging_skipped(volume, c.staging_skipped);
+                return Ok(Moved {
+                    bytes: c.bytes,
+                    entries: c.entries,
+                    file_bytes: c.file_bytes,
+                    via,
+                    path: "host",
+                    refused: None,
+                });
             }
-        }
+            Err(refused) => refused,
+        };
         // An existing container that mounts the whole volume with nothing mounted below.
         let mut source = None;
         for u in users.iter().filter(|u| !u.nested) {
@@ -627,35 +617,25 @@ impl DockerClient {
         input: &mut (dyn AsyncRead + Unpin + Send),
         action: &str,
     ) -> Result<Moved, DockerError> {
-        let mut refused = None;
-        if opts.fast_path {
-            match crate::hostpath::host_dir(self, volume).await {
-                Ok(dir) => {
-                    tracing::debug!(volume, dir = %dir.display(), "writing volume on the host");
-                    let staging = opts.staged.then(staging_name);
-                    let c = crate::hostpath::restore(dir, volume, staging, first, input).await?;
-                    return Ok(Moved {
-                        bytes: c.bytes,
-                        entries: c.entries,
-                        file_bytes: c.file_bytes,
-                        via: if opts.staged {
-                            "staged, swapped in on the host".into()
-                        } else {
-                            "emptied on the host".into()
-                        },
-                        path: "host",
-                        refused: None,
-                    });
-                }
-                Err(why) => {
-                    tracing::info!(
-                        volume,
-                        "host path not used: {why}; writing through the archive API"
-                    );
-                    refused = Some(why);
-                }
+        let refused = match self.host_dir_if(volume, opts.fast_path, "writing").await {
+            Ok(dir) => {
+                let staging = opts.staged.then(staging_name);
+                let c = crate::hostpath::restore(dir, volume, staging, first, input).await?;
+                return Ok(Moved {
+                    bytes: c.bytes,
+                    entries: c.entries,
+                    file_bytes: c.file_bytes,
+                    via: if opts.staged {
+                        "staged, swapped in on the host".into()
+                    } else {
+                        "emptied on the host".into()
+                    },
+                    path: "host",
+                    refused: None,
+                });
             }
-        }
+            Err(refused) => refused,
+        };
         // Emptying. A temporary container from an image with `sh` that mounts the volume
         // and deletes its contents works for every volume driver and leaves the volume
         // itself (name, driver, options, labels, users' references) untouched; images of
@@ -1001,6 +981,32 @@ impl DockerClient {
                 tried_list(&why)
             ),
         })
+    }
+
+    /// The volume's folder on this host when the fast path is `wanted` and possible;
+    /// otherwise why not (None: not wanted), logged. `doing`: "reading" or "writing".
+    async fn host_dir_if(
+        &self,
+        volume: &str,
+        wanted: bool,
+        doing: &str,
+    ) -> Result<std::path::PathBuf, Option<String>> {
+        if !wanted {
+            return Err(None);
+        }
+        match crate::hostpath::host_dir(self, volume).await {
+            Ok(dir) => {
+                tracing::debug!(volume, dir = %dir.display(), "{doing} volume on the host");
+                Ok(dir)
+            }
+            Err(why) => {
+                tracing::info!(
+                    volume,
+                    "host path not used: {why}; {doing} through the archive API"
+                );
+                Err(Some(why))
+            }
+        }
     }
 
     /// Whether a container ever started (None: it cannot be told).
