@@ -174,7 +174,7 @@ impl DockerClient {
         self.stop_guarded_for(containers, grace, true).await
     }
 
-    async fn stop_guarded_for<S: AsRef<str>>(
+    pub(crate) async fn stop_guarded_for<S: AsRef<str>>(
         &self,
         containers: &[S],
         grace: Duration,

@@ -127,7 +127,6 @@ impl DockerClient {
         let Ok(dir) = std::fs::read_dir(&ledger.dir) else {
             return Vec::new();
         };
-        let host = crate::this_host();
         let mut started = Vec::new();
         for path in dir
             .filter_map(|e| e.ok())
@@ -139,7 +138,7 @@ impl DockerClient {
                 Ledger::clear(&path);
                 continue;
             };
-            if e.host.is_empty() || e.host != host || crate::temp::owner_alive(&e.pid) {
+            if !crate::temp::owner_gone(&e.host, &e.pid) {
                 continue;
             }
             let info = match self.inspect(&e.container).await {

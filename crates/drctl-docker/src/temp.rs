@@ -165,7 +165,6 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
             return;
         }
     };
-    let host = crate::this_host();
     for c in list {
         let Some(owner) = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)) else {
             continue;
@@ -175,7 +174,7 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
         };
         // A running one may be a swap finishing after its drctl died: let it end first.
         let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
-        if h.is_empty() || h != host || running || owner_alive(pid) {
+        if running || !owner_gone(h, pid) {
             continue;
         }
         let name = c
@@ -196,11 +195,15 @@ pub(crate) async fn sweep_stale(client: &DockerClient, volume: &str) {
     }
 }
 
-/// Whether the process `pid` on this host lives (or cannot be told otherwise).
-pub(crate) fn owner_alive(pid: &str) -> bool {
-    pid == std::process::id().to_string()
-        || !std::path::Path::new("/proc/self").exists()
-        || std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the drctl process `pid` of `host` (see [`crate::this_host`]) is known to be gone:
+/// it ran here, is not this process, and no longer exists. Anything that cannot be told
+/// (another host or namespace, no `/proc`) counts as alive.
+pub(crate) fn owner_gone(host: &str, pid: &str) -> bool {
+    !host.is_empty()
+        && host == crate::this_host()
+        && pid != std::process::id().to_string()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Drop for TempContainer {

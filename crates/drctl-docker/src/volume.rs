@@ -811,11 +811,7 @@ impl DockerClient {
         let _ = uploader.remove().await;
         let failed =
             |reason: String| DockerError::failed(format!("restore volume `{volume}`"), reason);
-        let stuck = |e: String| {
-            failed(format!(
-                "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
-            ))
-        };
+        let stuck = |e: String| stuck_swap(volume, &staging, e);
         let (bytes, entries, file_bytes) = match uploaded {
             Ok(m) => m,
             Err(e) => {
@@ -917,14 +913,7 @@ impl DockerClient {
         first_why: String,
     ) -> Result<&'a String, DockerError> {
         tracing::debug!(volume, "swapping with a one-off container");
-        let stuck = |e: String| {
-            DockerError::failed(
-                format!("restore volume `{volume}`"),
-                format!(
-                    "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
-                ),
-            )
-        };
+        let stuck = |e: String| stuck_swap(volume, staging, e);
         let script = swap_script(staging, false);
         let mut why: Vec<String> = Some(first_why)
             .filter(|w| !w.is_empty())
@@ -1124,26 +1113,17 @@ impl DockerClient {
             "{doing} volume `{volume}` with image `{}`",
             short_image(image)
         );
-        match self.run_for_code(name, &what).await? {
-            (0, _) => Ok(()),
-            (code, text) => Err(DockerError::failed(
-                what,
-                format!("exit code {code}: {}", text.trim()),
-            )),
-        }
-    }
-
-    /// Start a container, wait for it to exit: its exit code and the end of its output.
-    async fn run_for_code(&self, name: &str, what: &str) -> Result<(i64, String), DockerError> {
         self.docker
             .start_container(name, None)
             .await
-            .map_err(self.api_err(what))?;
-        let code = self.exit_code(name, what).await?;
-        if code == 0 {
-            return Ok((0, String::new()));
+            .map_err(self.api_err(what.clone()))?;
+        match self.exit_code(name, &what).await? {
+            0 => Ok(()),
+            code => Err(DockerError::failed(
+                what,
+                format!("exit code {code}: {}", self.last_output(name).await.trim()),
+            )),
         }
-        Ok((code, self.last_output(name).await))
     }
 
     /// The last lines a container wrote (stdout and stderr).
@@ -1301,11 +1281,7 @@ impl DockerClient {
             .filter(|u| u.running)
             .map(|u| u.name.as_str())
             .collect();
-        Ok(Some(if restore {
-            self.stop_guarded_for_restore(&running, grace).await?
-        } else {
-            self.stop_guarded(&running, grace).await?
-        }))
+        Ok(Some(self.stop_guarded_for(&running, grace, restore).await?))
     }
 
     /// Whether a container mounts only a sub-path of the volume (API 1.45+ `Subpath`).
@@ -1473,6 +1449,17 @@ fn names(users: &[VolumeUser]) -> String {
         .into_iter()
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A swap that started and did not finish (or whose end is unknown): the volume may be
+/// partial, and this says where the new contents are.
+fn stuck_swap(volume: &str, staging: &str, e: String) -> DockerError {
+    DockerError::failed(
+        format!("restore volume `{volume}`"),
+        format!(
+            "{e}; the restored contents are in the folder `{staging}` inside the volume and the old ones may be partly removed; run the restore again"
+        ),
+    )
 }
 
 /// What was tried and why it did not do, for a message.
