@@ -4,7 +4,6 @@ use std::path::Path;
 
 use drctl_core::exec::{new_run_id, StackLock};
 use drctl_core::source::process_env;
-use drctl_docker::DockerClient;
 use drctl_repo::Repository;
 
 use crate::context;
@@ -39,7 +38,7 @@ pub async fn backup(config: Option<&Path>, tags: Vec<String>, json: bool) -> Res
     let id = new_run_id();
     let _lock = StackLock::acquire(&cfg.state_dir(), &cfg.stack.project, &id, "drctl backup")
         .map_err(|e| CliError::Locked(e.to_string()))?;
-    let docker = DockerClient::connect()?.with_stop_ledger(crate::runner::stop_ledger(cfg));
+    let docker = crate::runner::stack_docker(cfg)?;
     docker
         .daemon_info(std::time::Duration::from_secs(5))
         .await?;

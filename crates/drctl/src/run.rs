@@ -276,17 +276,17 @@ pub(crate) async fn execute_with(
     )
     .await?;
     let report = report?;
-    if outcome.status == RunStatus::Succeeded {
-        // The data is whole again: what a killed restore of this stack left stopped may
-        // run now (the restore run again did not stop it, so it would not start it).
-        if let Ok(docker) = drctl_docker::DockerClient::connect() {
-            docker
-                .with_stop_ledger(crate::runner::stop_ledger(cfg))
-                .start_left_stopped(true)
-                .await;
+    let succeeded = outcome.status == RunStatus::Succeeded;
+    if succeeded && restores(&rb.steps) {
+        // A recovery went through: what a killed restore of this stack left stopped may
+        // run now (the restore run again did not stop it, so it would not start it). Not
+        // after any other run: a scheduled snapshot must not start a service on data a
+        // killed restore left half-written.
+        if let Ok(docker) = crate::runner::stack_docker(cfg) {
+            docker.start_left_stopped(true).await;
         }
     }
-    let on = if outcome.status == RunStatus::Succeeded {
+    let on = if succeeded {
         NotifyOn::Success
     } else {
         NotifyOn::Failure
@@ -304,10 +304,21 @@ pub(crate) async fn execute_with(
     })
 }
 
+/// Whether any of these steps (parallel groups included) restores data.
+fn restores(steps: &[drctl_core::runbook::Step]) -> bool {
+    use drctl_core::runbook::Action;
+    steps.iter().any(|s| match &s.action {
+        Action::Restore(_) => true,
+        Action::Parallel(p) => restores(&p.steps),
+        _ => false,
+    })
+}
+
 /// Plan a runbook over a runner, run it with its journal in `dir`, and write the report
-/// there. With `start`, the start webhooks get it once the run is about to begin. Errors are what kept the executor from starting (a dependency cycle, no Docker,
-/// an unwritable journal); after it ran, the outcome comes back whatever it is, with the
-/// report or why it could not be read (a caller may still have to clean up).
+/// there. With `start`, the start webhooks get it once the run is about to begin. Errors
+/// are what kept the executor from starting (a dependency cycle, no Docker, an unwritable
+/// journal); after it ran, the outcome comes back whatever it is, with the report or why
+/// it could not be read (a caller may still have to clean up).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn execute_plan(
     runner: Runner,

@@ -39,9 +39,10 @@ fn err(e: DockerError) -> StepError {
     StepError::new(e.to_string())
 }
 
-/// Where a stack's stop records live (see `DockerClient::with_stop_ledger`).
-pub(crate) fn stop_ledger(config: &Config) -> std::path::PathBuf {
-    config.state_dir().join("stopped")
+/// A Docker client for a stack: what its guards stop is recorded in the stack's state
+/// folder (see `DockerClient::with_stop_ledger`).
+pub(crate) fn stack_docker(config: &Config) -> Result<DockerClient, DockerError> {
+    Ok(DockerClient::connect()?.with_stop_ledger(config.state_dir().join("stopped")))
 }
 
 impl Runner {
@@ -52,7 +53,7 @@ impl Runner {
     ) -> Result<Self, CliError> {
         // Callers hold the stack's lock: whatever a killed drctl left stopped for an
         // operation on this stack is started again first.
-        let docker = DockerClient::connect()?.with_stop_ledger(stop_ledger(&config));
+        let docker = stack_docker(&config)?;
         docker.start_left_stopped(false).await;
         // A broken repository fails only the steps that need it.
         let repo = drctl_repo::Repository::open(&config, &drctl_core::source::process_env)

@@ -1186,11 +1186,8 @@ async fn schedule(config: Option<&Path>, args: ScheduleArgs) -> Result<(), CliEr
     let mut signals = Signals::new()?;
     // A scheduler killed mid-snapshot left the containers it stopped down: start them now,
     // not at the next due job. (Records of a live drctl are left to it.)
-    if let Ok(docker) = drctl_docker::DockerClient::connect() {
-        docker
-            .with_stop_ledger(crate::runner::stop_ledger(&cfg))
-            .start_left_stopped(false)
-            .await;
+    if let Ok(docker) = crate::runner::stack_docker(&cfg) {
+        docker.start_left_stopped(false).await;
     }
 
     let metrics = Arc::new(Metrics::default());
