@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{app_exec, drctl, need_docker, run, skipped, Stack};
+use common::{
+    app_exec, damaged_restore_is_refused, drctl, item_key, need_docker, run, skipped, Stack,
+};
 
 /// The S3 server scripts/test.sh started: (endpoint, bucket, region), or None (skipped).
 fn s3(test: &str) -> Option<(String, String, String)> {
@@ -191,17 +193,7 @@ fn damaged_object_in_the_bucket_is_caught_before_anything_is_destroyed() {
     let out = run(st.drctl(&["backup"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let set = out.stdout.split_whitespace().nth(2).unwrap().to_string();
-    let shown: serde_json::Value =
-        serde_json::from_str(&run(st.drctl(&["backups", "show", &set, "--json"])).stdout).unwrap();
-    let key = shown["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "volume/sessions")
-        .unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = item_key(&st, &set, "volume/sessions");
     // The damage: one byte in the middle of the stored object.
     let damaged = prefix.with_backend(|repo| {
         let key = repo.full_key(&key);
@@ -227,25 +219,5 @@ fn damaged_object_in_the_bucket_is_caught_before_anything_is_destroyed() {
         verify.stdout
     );
 
-    app_exec(&st, "echo newer > /data/sessions/p");
-    let rb = st.runbook(
-        "r",
-        "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions] }\n",
-    );
-    let out = run(st.drctl(&["run", &rb]));
-    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stdout.contains(&set) && out.stdout.contains(&key),
-        "the message names the set and the object: {}",
-        out.stdout
-    );
-    assert_eq!(
-        app_exec(&st, "cat /data/sessions/p").trim(),
-        "newer",
-        "nothing was destroyed"
-    );
-    assert!(
-        !app_exec(&st, "ls -A /data/sessions").contains(".drctl-staging"),
-        "no staging folder is left"
-    );
+    damaged_restore_is_refused(&st, &set, &key);
 }

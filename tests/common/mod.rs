@@ -255,6 +255,48 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The repository key of a set's item (`backups show SET --json`).
+pub fn item_key(st: &Stack, set: &str, item: &str) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&run(st.drctl(&["backups", "show", set, "--json"])).stdout).unwrap();
+    m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == item)
+        .unwrap_or_else(|| panic!("no item {item} in {m}"))["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// With the stack's `sessions` volume target, whose object `key` in `set` is damaged: a
+/// restore fails naming the set and the object, and the volume keeps what it held (no
+/// staging folder left either).
+pub fn damaged_restore_is_refused(st: &Stack, set: &str, key: &str) {
+    app_exec(st, "echo newer > /data/sessions/p");
+    let rb = st.runbook(
+        "r",
+        "version: 1\nbackup: latest\nsteps:\n  - { id: restore, kind: restore, targets: [sessions] }\n",
+    );
+    let out = run(st.drctl(&["run", &rb]));
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(set) && out.stdout.contains(key),
+        "the message names the set and the object: {}",
+        out.stdout
+    );
+    assert_eq!(
+        app_exec(st, "cat /data/sessions/p").trim(),
+        "newer",
+        "nothing was destroyed"
+    );
+    assert!(
+        !app_exec(st, "ls -A /data/sessions").contains(".drctl-staging"),
+        "no staging folder is left"
+    );
+}
+
 /// Whether the stack's container of `service` runs (`docker inspect`'s `.State.Running`).
 pub fn service_running(st: &Stack, service: &str) -> bool {
     let out = std::process::Command::new("docker")
